@@ -1,0 +1,82 @@
+"""The `seqjax` command: thin wrappers that parse arguments and call library functions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from seqjax import config as config_lib
+
+
+def _train(args: argparse.Namespace) -> int:
+    from seqjax.train.config import ExperimentConfig
+    from seqjax.train.loop import train
+    cfg = config_lib.load(ExperimentConfig, args.config, args.set)
+    summary = train(cfg, args.workdir, allow_config_change=args.allow_config_change)
+    print(f"training ended: {summary['stopped']}; best epoch {summary['best_epoch']} "
+          f"({cfg.train.metric}={summary['best_valid'][cfg.train.metric]}); "
+          f"steady {summary['seconds_per_epoch_steady']} s/epoch")
+    print(f"checkpoints: {Path(args.workdir) / 'checkpoints'}; curves: tensorboard --logdir {Path(args.workdir) / 'tensorboard'}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from seqjax.evaluation.evaluate import evaluate
+    evaluate(args.workdir, args.split, args.checkpoint, args.json)
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from seqjax.data.prepare import run_prepare
+    return run_prepare(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from seqjax.demo import run_demo
+    return run_demo(args.out, args.users)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from seqjax.data.prepare import add_prepare_arguments
+    parser = argparse.ArgumentParser(prog="seqjax", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="raw interaction log -> cleaned, split ArrayRecord shards")
+    add_prepare_arguments(p)
+    p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("train", help="train a model from a config; re-running resumes")
+    p.add_argument("--config", required=True, help="YAML experiment config, e.g. configs/sasrec_tiny.yaml")
+    p.add_argument("--workdir", required=True, help="run directory: checkpoints, TensorBoard logs, config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--allow-config-change", action="store_true", help="resume even if the config changed")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="full-catalogue ranking metrics with a protocol card")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--split", choices=("valid", "test"), default="valid")
+    p.add_argument("--checkpoint", default="best", help="best | latest | STEP")
+    p.add_argument("--json", default=None, help="also write metrics and protocol card here")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("demo", help="generate a synthetic shop log, prepare, train sasrec_tiny, evaluate")
+    p.add_argument("--out", default="runs/demo", help="folder for the data and the run")
+    p.add_argument("--users", type=int, default=2000)
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from seqjax.train.loop import TrainingDiverged
+    from seqjax.train.run_dir import RunDirError
+    try:
+        return args.func(args)
+    except (config_lib.ConfigError, RunDirError, TrainingDiverged, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""`seqjax prepare`: a raw interaction log -> DATA_DIR with train/valid/test shards, vocabularies,
+`report.json` (what was dropped and why) and `metadata.json` (what the dataset is and how it was made).
+
+    seqjax prepare --format movielens --input ../shared/data/ml100k/u.data --out data/ml100k
+    seqjax prepare --format generic --input log.csv --out data/x --split temporal --set valid_cut=q0.8
+
+Every option is a key of `PrepareConfig`: flags and `--set key=value` override a `--config` YAML file.
+`metadata.json` is written last; a DATA_DIR without it is incomplete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from seqjax.config import ConfigError, load, to_dict
+from seqjax.data.clean import (REASONS, Report, RowRules, cap_recent, drop_duplicates, k_core, sort_by_user_time,
+                               validate)
+from seqjax.data.formats import FORMATS, Columns, PrepareError, RawTable, read_generic, read_movielens, read_sasrec
+from seqjax.data.schema import EVENT_ALIASES, SCHEMA_VERSION, SPLITS
+from seqjax.data.shards import write_split
+from seqjax.data.split import Split, has_repeats, make_split
+from seqjax.data.timestamps import iso, parse_time
+
+INPUT_ROLES = ("events",)  # today every input is an event log; several are read as one, in the order given
+_NOT_IN_CHECKSUM = ("out", "inputs", "strict")  # where files live and how errors are reported: not the data
+
+__all__ = ["PrepareConfig", "PrepareError", "prepare", "add_prepare_arguments", "run_prepare", "main"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+    """How to turn a raw log into a prepared dataset. Times: 'YYYY-MM-DD', ISO-8601 or unix seconds."""
+
+    format: Literal["generic", "sasrec", "movielens"] = "generic"  # input format
+    inputs: tuple[str, ...] = ()  # 'PATH' or 'ROLE=PATH' (role: events); several files are read as one log
+    out: str = ""  # DATA_DIR to write
+    split: Literal["loo", "temporal"] = "loo"  # evaluation protocol, see seqjax.data.split
+    valid_cut: str | dt.date = "q0.8"  # temporal: start of validation; a time, or 'q<x>' = quantile of event times
+    test_cut: str | dt.date = "q0.9"  # temporal: start of test; same forms
+    user_col: str = "user_id"  # generic: column names
+    item_col: str = "item_id"
+    timestamp_col: str = "timestamp"  # '' = the log has no times: file order is time order
+    event_col: str = "event_type"  # optional column
+    category_col: str = "category_id"  # optional column
+    column_names: tuple[str, ...] = ()  # generic CSV without a header row: the name of each field
+    delimiter: str = ","  # generic CSV field separator ('\t' or 'tab' for tabs)
+    timestamp_unit: Literal["auto", "s", "ms", "iso"] = "auto"  # auto: detected from the values
+    min_timestamp: str | dt.date = "1990-01-01"  # rows before this are dropped (timestamp_out_of_range)
+    max_timestamp: str | dt.date = ""  # rows at/after this are dropped; '' = when prepare runs (recorded)
+    event_map: dict[str, str] = dataclasses.field(default_factory=dict)  # raw event type -> canonical type
+    unknown_events: Literal["drop", "error"] = "drop"  # what an event type outside the vocabulary does
+    drop_duplicates: bool = True  # drop repeats of (user, item, timestamp, event); needs timestamps
+    min_user_count: int = 0  # k-core: keep users with at least this many events (0 = off)
+    min_item_count: int = 0  # k-core: keep items with at least this many events (0 = off)
+    kcore_one_pass: bool = False  # one filtering pass (as some papers did) instead of a fixed point
+    max_events_per_user: int = 0  # keep each user's most recent N events (0 = all)
+    strict: bool = False  # stop at the first bad row instead of dropping it
+
+    def __post_init__(self):
+        # YAML reads an unquoted 1998-01-01 as a date: keep times as text.
+        for name in ("valid_cut", "test_cut", "min_timestamp", "max_timestamp"):
+            value = getattr(self, name)
+            if isinstance(value, dt.date):
+                object.__setattr__(self, name, value.isoformat())
+
+    def validate(self) -> None:
+        for name in ("min_user_count", "min_item_count", "max_events_per_user"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not isinstance(self.event_map, dict):
+            raise ConfigError(f"event_map: expected a mapping raw -> canonical, got {self.event_map!r}")
+        for raw, canonical in self.event_map.items():
+            if str(canonical).lower() not in EVENT_ALIASES:
+                raise ConfigError(f"event_map.{raw}: {canonical!r} is not an event type "
+                                  f"(one of {', '.join(sorted(set(EVENT_ALIASES.values())))})")
+        if not self.delimiter:
+            raise ConfigError("delimiter: must not be empty")
+
+
+def prepare(cfg: PrepareConfig, *, command: str | None = None, echo: bool = True) -> dict:
+    """Reads, cleans, splits and writes the dataset described by `cfg`; returns the metadata written.
+
+    Raises PrepareError (one-line message naming the file/line) for input that cannot be prepared.
+    """
+    started = time.monotonic()
+    if not cfg.out:
+        raise PrepareError("no output directory (give --out DATA_DIR or out: in the config)")
+    inputs = _parse_inputs(cfg.inputs)
+    tables = [_read(cfg, path) for _, path in inputs]
+    for t in tables:
+        if t.rows_read == 0:
+            raise PrepareError(f"input file has no data rows: {t.path}")
+    has_timestamps = tables[0].timestamp is not None
+    resolved, time_range = cfg, None
+    if has_timestamps:
+        upper = parse_time(cfg.max_timestamp, "max_timestamp") if cfg.max_timestamp else int(time.time())
+        time_range = (parse_time(cfg.min_timestamp, "min_timestamp"), upper)
+        resolved = dataclasses.replace(cfg, max_timestamp=iso(upper))
+    rules = RowRules(time_range=time_range or (0, 0), timestamp_unit=cfg.timestamp_unit,
+                     event_map={k: EVENT_ALIASES[str(v).lower()] for k, v in cfg.event_map.items()},
+                     unknown_events=cfg.unknown_events, strict=cfg.strict)
+    events, report, unit = validate(tables, rules)
+    if has_timestamps and cfg.drop_duplicates:
+        events = drop_duplicates(events, report)
+    events = k_core(events, cfg.min_user_count, cfg.min_item_count, cfg.kcore_one_pass, report)
+    events = cap_recent(sort_by_user_time(events), cfg.max_events_per_user, report)
+    if not len(events):
+        raise PrepareError(f"no events left after cleaning ({_drops_text(report)})")
+    split = make_split(events, cfg.split, cfg.valid_cut, cfg.test_cut, has_timestamps)
+    report.users, report.items = len(split.users), len(split.items)
+
+    out = Path(cfg.out)
+    _clear_outputs(out)
+    _write_vocab(out / "vocab", split)
+    for name in SPLITS:
+        write_split(out, name, split.records[name])
+    (out / "report.json").write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False) + "\n")
+    meta = _metadata(resolved, inputs, tables, split, report, has_timestamps, unit, time_range,
+                     repeats=has_repeats(events),
+                     command=command if command is not None else shlex.join(sys.argv))
+    (out / "metadata.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    if echo:
+        print(_summary(meta, report, out, time.monotonic() - started))
+    return meta
+
+
+def _parse_inputs(specs: tuple[str, ...]) -> list[tuple[str, str]]:
+    """['PATH', 'ROLE=PATH'] -> [(role, path)]; a bare path is an 'events' input."""
+    if not specs:
+        raise PrepareError("no input given (use --input PATH or inputs: in the config)")
+    out = []
+    for spec in specs:
+        role, sep, path = spec.partition("=")
+        if not sep or not role.isidentifier() or Path(spec).exists():
+            role, path = "events", spec
+        if role not in INPUT_ROLES:
+            raise PrepareError(f"unknown input role {role!r} in {spec!r} (known: {', '.join(INPUT_ROLES)})")
+        out.append((role, path))
+    return out
+
+
+def _read(cfg: PrepareConfig, path: str) -> RawTable:
+    if cfg.format == "sasrec":
+        return read_sasrec(path)
+    if cfg.format == "movielens":
+        return read_movielens(path)
+    if cfg.format == "generic":
+        columns = Columns(cfg.user_col, cfg.item_col, cfg.timestamp_col, cfg.event_col, cfg.category_col)
+        delimiter = {"tab": "\t", "\\t": "\t"}.get(cfg.delimiter, cfg.delimiter)
+        return read_generic(path, columns, delimiter, cfg.column_names)
+    raise PrepareError(f"unknown format {cfg.format!r} (known: {', '.join(FORMATS)})")
+
+
+def _clear_outputs(out: Path) -> None:
+    """Removes what an earlier prepare wrote here, so no stale shard survives a smaller re-run."""
+    (out / "metadata.json").unlink(missing_ok=True)
+    for name in SPLITS:
+        for old in (out / name).glob("part-*.array_record"):
+            old.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _write_vocab(folder: Path, split: Split) -> None:
+    """vocab/{users,items,categories}.tsv: `id<TAB>raw_id`; tab, newline and backslash escaped as \\t \\n \\\\."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, names, first in (("users", split.users, 0), ("items", split.items, 1),
+                               ("categories", split.categories, 1)):
+        raw = names.cast(pa.large_string())
+        if len(raw) and pc.any(pc.match_substring_regex(raw, r"[\t\n\r\\]")).as_py():
+            for a, b in (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r")):
+                raw = pc.replace_substring(raw, a, b)
+        lines = [f"{i}\t{v}" for i, v in enumerate(raw.to_pylist(), start=first)]
+        (folder / f"{name}.tsv").write_text("\n".join(["id\traw_id", *lines]) + "\n", encoding="utf-8")
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _metadata(cfg: PrepareConfig, inputs, tables, split: Split, report: Report, has_timestamps: bool,
+              unit: str | None, time_range, repeats: bool, command: str) -> dict:
+    files = [{"role": role, "path": str(Path(path).resolve()), "sha256": _sha256(path),
+              "bytes": Path(path).stat().st_size} for role, path in inputs]
+    config = to_dict(cfg)
+    identity = {"schema_version": SCHEMA_VERSION,
+                "inputs": sorted(f"{f['role']}:{f['sha256']}" for f in files),
+                "config": {k: v for k, v in config.items() if k not in _NOT_IN_CHECKSUM}}
+    counts = {s: {k: v for k, v in st.items() if k in ("records", "events", "oov_history_events")}
+              for s, st in split.stats.items()}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "format": cfg.format,
+        "num_items": len(split.items),
+        "num_users": len(split.users),
+        "num_categories": len(split.categories),
+        "counts": counts,
+        "split": split.protocol,
+        "has_timestamps": has_timestamps,
+        "has_event_types": any(t.event is not None for t in tables),
+        "timestamp_unit": unit,
+        "valid_time_range": None if time_range is None else {
+            "iso": [iso(time_range[0]), iso(time_range[1])], "unix": list(time_range)},
+        "train_has_repeats": repeats,
+        "repeat_target_share": {s: split.stats[s]["repeat_target_share"] for s in ("valid", "test")},
+        "oov_target_share": {s: split.stats[s]["oov_target_share"] for s in ("valid", "test")},
+        "inputs": files,
+        "checksum": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest(),
+        "command": command,
+        "config": config,
+        "report": report.as_dict(),
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _drops_text(report: Report) -> str:
+    parts = [f"{r} {n:,}" for r, n in report.dropped.items() if n]
+    return "dropped: " + (", ".join(parts) if parts else "none")
+
+
+def _summary(meta: dict, report: Report, out: Path, seconds: float) -> str:
+    c = meta["counts"]
+    return "\n".join([
+        f"prepared {meta['format']} ({len(meta['inputs'])} file(s)) in {seconds:.1f}s: "
+        f"{report.rows_read:,} rows read, {report.rows_kept:,} events kept",
+        f"  users {meta['num_users']:,}  items {meta['num_items']:,}  categories {meta['num_categories']:,}",
+        f"  {_drops_text(report)}",
+        "  " + "  ".join(f"{s} {c[s]['records']:,} records / {c[s]['events']:,} events" for s in SPLITS),
+        f"  wrote {out}/{{train,valid,test}}/, {out}/vocab/, report.json, metadata.json",
+    ])
+
+
+def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `seqjax prepare` flags; each is shorthand for a PrepareConfig key."""
+    parser.add_argument("--format", choices=FORMATS, help="input format (generic, sasrec, movielens)")
+    parser.add_argument("--input", action="append", metavar="[ROLE=]PATH", help="input file; repeat for several")
+    parser.add_argument("--out", metavar="DATA_DIR", help="output directory")
+    parser.add_argument("--split", choices=("loo", "temporal"), help="evaluation split protocol")
+    parser.add_argument("--config", metavar="FILE", help="YAML file of PrepareConfig keys")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    parser.add_argument("--strict", action="store_true", default=None, help="stop at the first bad row")
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    """Runs `seqjax prepare`; returns the exit code (2 with a one-line `error:` on stderr for bad input)."""
+    flags = {"format": args.format, "inputs": args.input, "out": args.out, "split": args.split,
+             "strict": args.strict}
+    # JSON is YAML: each flag value reaches the config exactly as typed (no 'yes' -> True surprises).
+    overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + list(args.set)
+    try:
+        cfg = load(PrepareConfig, args.config, overrides)
+        prepare(cfg)
+    except (PrepareError, ConfigError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="seqjax prepare", description=__doc__.split("\n")[0])
+    add_prepare_arguments(parser)
+    return run_prepare(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

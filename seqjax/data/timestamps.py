@@ -1,0 +1,150 @@
+"""Timestamp parsing: unix seconds (integer or fractional), unix milliseconds or ISO-8601 -> int64 seconds.
+
+The unit is decided once per column, from the values: numbers that read as a date in 1990-2100 when
+taken as seconds are seconds, those that do when taken as milliseconds are milliseconds; strings shaped
+like `YYYY-MM-DD[( |T)hh:mm[:ss[.f]]][Z|+hh:mm]` are ISO-8601 (UTC unless they carry an offset). A column
+holding more than one of these is an error, since no single reading of it is right. Values that fit no
+window (say 0 or year 2300) are read in the column's unit and later fail the range check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from seqjax.data.formats.base import PrepareError
+
+UNITS = ("s", "ms", "iso")
+SECONDS_WINDOW = (631_152_000, 4_102_444_800)  # 1990-01-01 .. 2100-01-01 as unix seconds
+
+_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+_ISO = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
+_ZONE = r"(Z|[+-]\d{2}(:?\d{2})?)$"
+
+# Per-row kinds found by `classify`.
+BAD, NUMBER, ISO = 0, 1, 2
+
+
+def parse_time(text: str | int | float, what: str) -> int:
+    """One time given by a person (config, cut, range bound): ISO date/time or unix seconds -> seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return int(np.floor(text))
+    s = str(text).strip()
+    try:
+        return int(np.floor(float(s)))
+    except ValueError:
+        pass
+    try:
+        t = dt.datetime.fromisoformat(s)
+    except ValueError:
+        raise PrepareError(f"{what}: cannot read {text!r} as a date, ISO-8601 time or unix seconds") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return int(np.floor(t.timestamp()))
+
+
+def iso(seconds: int) -> str:
+    """Unix seconds -> '2017-11-25T10:00:00Z'."""
+    return dt.datetime.fromtimestamp(int(seconds), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def classify(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(value float64 [R], kind int8 [R]): numbers as written, ISO rows already in seconds, BAD rows 0."""
+    n = len(values)
+    t = values.type
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        secs = pc.cast(pc.cast(values, pa.timestamp("us", getattr(t, "tz", None))), pa.int64())
+        ok = pc.is_valid(secs).to_numpy(zero_copy_only=False)
+        value = np.floor(pc.fill_null(secs, 0).to_numpy(zero_copy_only=False) / 1e6)
+        return value, np.where(ok, ISO, BAD).astype(np.int8)
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        value = pc.fill_null(values.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+        return np.nan_to_num(value), np.where(np.isfinite(value), NUMBER, BAD).astype(np.int8)
+    strings = pc.utf8_trim_whitespace(pc.fill_null(values.cast(pa.large_string()), ""))
+    value, kind = np.zeros(n), np.zeros(n, np.int8)
+    is_num = pc.match_substring_regex(strings, _NUMBER).to_numpy(zero_copy_only=False)
+    if is_num.any():
+        value[is_num] = strings.filter(pa.array(is_num)).cast(pa.float64()).to_numpy(zero_copy_only=False)
+        kind[is_num] = NUMBER
+    is_iso = pc.match_substring_regex(strings, _ISO).to_numpy(zero_copy_only=False)
+    if is_iso.any():
+        secs, ok = _parse_iso(strings.filter(pa.array(is_iso)))
+        rows = np.flatnonzero(is_iso)
+        value[rows[ok]] = secs[ok]
+        kind[rows[ok]] = ISO
+    return value, kind
+
+
+def _parse_iso(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(seconds float64, ok bool) for ISO-shaped strings; Arrow's parser first, Python's for the rest."""
+    zoned = pc.match_substring_regex(strings, _ZONE).to_numpy(zero_copy_only=False)
+    secs, ok = np.zeros(len(strings)), np.zeros(len(strings), bool)
+    for mask, unit in ((~zoned, pa.timestamp("us")), (zoned, pa.timestamp("us", "UTC"))):
+        if not mask.any():
+            continue
+        part = strings.filter(pa.array(mask))
+        try:
+            us = pc.cast(pc.cast(part, unit), pa.int64()).to_numpy(zero_copy_only=False)
+            secs[mask], ok[mask] = np.floor(us / 1e6), True
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            # Some value Arrow rejects (month 13, an offset form it lacks): parse one by one.
+            for i, s in zip(np.flatnonzero(mask), part.to_pylist()):
+                try:
+                    secs[i], ok[i] = parse_time(s, "timestamp"), True
+                except PrepareError:
+                    pass
+    return secs, ok
+
+
+@dataclasses.dataclass
+class ParsedTimes:
+    seconds: np.ndarray  # int64 [R], unix seconds (0 where not ok)
+    ok: np.ndarray  # bool [R], False: bad_timestamp
+    unit: str | None  # one of UNITS; None when no row parsed
+
+
+def parse_columns(columns: Sequence[pa.Array], files: Sequence[str], lines: Sequence[np.ndarray],
+                  unit: str = "auto") -> ParsedTimes:
+    """Parses the timestamp column of several files as one column: one unit for all rows.
+
+    `unit="auto"` detects it; mixing units raises PrepareError naming a line of each kind.
+    """
+    parts = [classify(c) for c in columns]
+    value = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0)
+    kind = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int8)
+    lo, hi = SECONDS_WINDOW
+    looks = {
+        "s": (kind == NUMBER) & (value >= lo) & (value < hi),
+        "ms": (kind == NUMBER) & (value >= lo * 1000) & (value < hi * 1000),
+        "iso": kind == ISO,
+    }
+    if unit == "auto":
+        found = [u for u in UNITS if looks[u].any()]
+        if len(found) > 1:
+            raise PrepareError("timestamp column mixes units: "
+                               + "; ".join(_where(u, looks[u], columns, files, lines) for u in found[:2]))
+        unit = found[0] if found else ("s" if (kind == NUMBER).any() else None)
+    if unit == "iso":
+        ok = kind == ISO
+        seconds = value
+    else:
+        ok = kind == NUMBER
+        seconds = value / 1000 if unit == "ms" else value
+    seconds = np.where(ok, np.floor(np.clip(seconds, -2**62, 2**62)), 0).astype(np.int64)
+    return ParsedTimes(seconds, ok, unit)
+
+
+def _where(unit: str, mask: np.ndarray, columns, files, lines) -> str:
+    """'<file> line <n> looks like <unit> (<raw value>)' for the first row in `mask`."""
+    row = int(np.flatnonzero(mask)[0])
+    for col, path, ln in zip(columns, files, lines):
+        if row < len(col):
+            name = {"s": "unix seconds", "ms": "unix milliseconds", "iso": "ISO-8601"}[unit]
+            return f"{path} line {int(ln[row])} looks like {name} ({col[row].as_py()!r})"
+        row -= len(col)
+    raise AssertionError("row outside the columns")

@@ -1,0 +1,41 @@
+"""Multi-head attention over right-padded sequences (valid tokens first).
+
+Shapes: B batch, T time, N heads, H head dim. `lengths` [B] counts the valid tokens of each row.
+With right padding a causal mask already hides padded keys from every valid query, so padding only
+needs handling for bidirectional attention; padded query rows produce values that callers ignore.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+Implementation = Literal["reference", "xla"]
+
+
+def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array,
+                        causal: bool) -> jax.Array:
+    """softmax(QK^T / sqrt(H)) V with causal and key-padding masks. q, k, v: [B, T, N, H]."""
+    t = q.shape[1]
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
+    key_valid = jnp.arange(t)[None, :] < lengths[:, None]  # [B, S]
+    mask = key_valid[:, None, None, :]
+    if causal:
+        mask = mask & jnp.tril(jnp.ones((t, t), bool))[None, None]
+    # Rows with no visible key (padded queries) get uniform weights instead of NaN.
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bnts,bsnh->btnh", weights, v)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array, *, causal: bool,
+              implementation: Implementation = "reference") -> jax.Array:
+    """Dispatches to one attention implementation; all share the masking contract above."""
+    if implementation == "reference":
+        return reference_attention(q, k, v, lengths, causal)
+    if implementation == "xla":
+        return jax.nn.dot_product_attention(q, k, v, is_causal=causal, key_value_seq_lengths=lengths,
+                                            implementation="xla")
+    raise ValueError(f"unknown attention implementation {implementation!r}")

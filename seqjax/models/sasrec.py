@@ -1,0 +1,96 @@
+"""SASRec (Kang & McAuley, 2018): causal self-attention over a user's item sequence, in flax.nnx.
+
+Pre-LN Transformer blocks, learned absolute positions counted from the oldest kept event, dropout,
+and item scores as dot products with the (shared or separate) output item embeddings.
+Shapes: B batch, T time, D model width, V items (+1 for padding id 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from seqjax.models.attention import Implementation, attention
+
+
+@dataclasses.dataclass(frozen=True)
+class SASRecConfig:
+    dim: int = 64  # model width D
+    heads: int = 1  # attention heads; dim must divide by it
+    blocks: int = 2  # Transformer blocks
+    dropout: float = 0.2  # on embeddings, attention output and feed-forward
+    ffn_mult: int = 1  # feed-forward width = ffn_mult * dim (the paper uses dim)
+    shared_embeddings: bool = True  # score items with the input embedding table
+
+    def validate(self) -> None:
+        if self.dim % self.heads:
+            raise ValueError(f"model.sasrec.dim={self.dim} is not divisible by model.sasrec.heads={self.heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.sasrec.dropout={self.dropout} must be in [0, 1)")
+
+
+class Block(nnx.Module):
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, *, rngs: nnx.Rngs):
+        self.heads = heads
+        self.norm_attn = nnx.LayerNorm(dim, rngs=rngs)
+        self.qkv = nnx.Linear(dim, 3 * dim, rngs=rngs)
+        self.out = nnx.Linear(dim, dim, rngs=rngs)
+        self.norm_ffn = nnx.LayerNorm(dim, rngs=rngs)
+        self.ffn_in = nnx.Linear(dim, ffn_dim, rngs=rngs)
+        self.ffn_out = nnx.Linear(ffn_dim, dim, rngs=rngs)
+        self.drop = nnx.Dropout(dropout)
+
+    def __call__(self, x: jax.Array, lengths: jax.Array, keys: jax.Array | None,
+                 implementation: Implementation) -> jax.Array:
+        b, t, d = x.shape
+        train = keys is not None
+        q, k, v = jnp.split(self.qkv(self.norm_attn(x)), 3, axis=-1)
+        split = lambda a: a.reshape(b, t, self.heads, d // self.heads)
+        a = attention(split(q), split(k), split(v), lengths, causal=True, implementation=implementation)
+        a = self.out(a.reshape(b, t, d))
+        x = x + self.drop(a, deterministic=not train, rngs=keys[0] if train else None)
+        h = self.ffn_out(jax.nn.gelu(self.ffn_in(self.norm_ffn(x))))
+        return x + self.drop(h, deterministic=not train, rngs=keys[1] if train else None)
+
+
+class SASRec(nnx.Module):
+    def __init__(self, num_items: int, max_len: int, cfg: SASRecConfig, *, rngs: nnx.Rngs,
+                 attention_impl: Implementation = "reference"):
+        self.num_items = num_items
+        self.attention_impl = attention_impl
+        init = nnx.initializers.normal(0.02)
+        self.item_embed = nnx.Embed(num_items + 1, cfg.dim, embedding_init=init, rngs=rngs)
+        self.pos_embed = nnx.Embed(max_len, cfg.dim, embedding_init=init, rngs=rngs)
+        self.output_embed = None if cfg.shared_embeddings else nnx.Embed(
+            num_items + 1, cfg.dim, embedding_init=init, rngs=rngs)
+        self.blocks = nnx.List([Block(cfg.dim, cfg.heads, cfg.ffn_mult * cfg.dim, cfg.dropout, rngs=rngs)
+                                for _ in range(cfg.blocks)])
+        self.final_norm = nnx.LayerNorm(cfg.dim, rngs=rngs)
+        self.drop = nnx.Dropout(cfg.dropout)
+
+    def encode(self, items: jax.Array, lengths: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        """items [B, T] right-padded with 0, lengths [B] -> hidden states [B, T, D].
+
+        `key` enables dropout (training); None means deterministic inference.
+        """
+        t = items.shape[1]
+        keys = None if key is None else jax.random.split(key, 1 + 2 * len(self.blocks))
+        x = self.item_embed(items) * jnp.sqrt(self.item_embed.features).astype(jnp.float32)
+        x = x + self.pos_embed(jnp.arange(t))[None]
+        x = self.drop(x, deterministic=keys is None, rngs=None if keys is None else keys[0])
+        for i, block in enumerate(self.blocks):
+            x = block(x, lengths, None if keys is None else keys[1 + 2 * i: 3 + 2 * i], self.attention_impl)
+        return self.final_norm(x)
+
+    def item_table(self) -> jax.Array:
+        """Output item embeddings [V+1, D]; row 0 (padding) must be masked by the caller."""
+        table = self.item_embed if self.output_embed is None else self.output_embed
+        return table.embedding[...]
+
+    def last_hidden(self, items: jax.Array, lengths: jax.Array) -> jax.Array:
+        """The user representation: hidden state at each row's last valid position [B, D]."""
+        h = self.encode(items, lengths)
+        return jnp.take_along_axis(h, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]

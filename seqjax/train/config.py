@@ -1,0 +1,89 @@
+"""The experiment config of `seqjax train` / `seqjax evaluate`: typed defaults, one doc line per field."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from seqjax.config import ConfigError
+from seqjax.models.sasrec import SASRecConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    path: str = ""  # prepared data directory (output of `seqjax prepare`)
+    max_len: int = 200  # model input length: each user's most recent max_len events
+    batch_size: int = 128  # users per training batch
+    eval_batch_size: int = 256  # users per evaluation batch
+    buckets: tuple[int, ...] = ()  # padded training lengths; () = 16, 32, 64, ... and max_len
+    sort_window: int = 32  # batches per length-sorting window in the training shuffle
+    reader_threads: int = 2  # Grain reader threads
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    kind: Literal["sasrec"] = "sasrec"  # which model to train
+    attention: Literal["reference", "xla"] = "reference"  # attention implementation
+    sasrec: SASRecConfig = SASRecConfig()
+
+    def validate(self) -> None:
+        try:
+            self.sasrec.validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3  # peak learning rate
+    schedule: Literal["constant", "cosine", "linear"] = "constant"  # decay after warmup
+    warmup_steps: int = 100  # linear warmup from 0
+    decay_steps: int = 0  # steps of cosine/linear decay; 0 = the run's max steps
+    weight_decay: float = 0.0  # decoupled (AdamW) weight decay
+    b1: float = 0.9
+    b2: float = 0.98
+    clip_norm: float = 1.0  # global gradient-norm clipping; 0 = off
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0  # parameters, dropout and data order all derive from it
+    epochs: int = 200  # maximum epochs (one epoch = every training user once)
+    patience: int = 10  # stop after this many evaluations without improvement; 0 = never
+    metric: str = "NDCG@10"  # validation metric for early stopping and the best checkpoint
+    eval_every_epochs: int = 1  # validate (and checkpoint) every this many epochs
+    checkpoint_every_steps: int = 0  # extra checkpoints inside an epoch; 0 = only after validation
+    keep_latest: int = 2  # latest checkpoints kept
+    keep_best: int = 1  # best checkpoints (by metric) kept
+    loss_chunk: int = 2048  # positions scored at once by the full-softmax loss
+    dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype (parameters stay float32)
+    num_devices: int = 1  # devices on the data-parallel mesh axis; batch_size must divide by it
+    log_every_steps: int = 20  # TensorBoard and progress update interval
+    max_steps: int = 0  # stop after this many steps in total; 0 = no limit (quick checks)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    filter_seen: Literal["auto", "true", "false"] = "auto"  # auto: on when training has no repeated (user, item)
+    ks: tuple[int, ...] = (1, 5, 10, 20)  # cut-offs of HR@K and NDCG@K
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def validate(self) -> None:
+        if self.data.batch_size % self.train.num_devices:
+            raise ConfigError(f"data.batch_size={self.data.batch_size} does not divide by "
+                              f"train.num_devices={self.train.num_devices}")
+        if self.data.eval_batch_size % self.train.num_devices:
+            raise ConfigError(f"data.eval_batch_size={self.data.eval_batch_size} does not divide by "
+                              f"train.num_devices={self.train.num_devices}")
+        if self.data.buckets and max(self.data.buckets) != self.data.max_len:
+            raise ConfigError(f"data.buckets must end at data.max_len={self.data.max_len}")
+        if self.train.metric.split("@")[0] not in ("HR", "NDCG", "MRR"):
+            raise ConfigError(f"train.metric={self.train.metric!r}: use HR@K, NDCG@K or MRR")
