@@ -142,7 +142,7 @@ def _count_row_drops(tables, files, file_of, line, reason, report: Report, stric
         if len(rows):
             # Rows are in file order, then line order: the first row is the earliest one.
             bad.append((int(file_of[rows[0]]), int(line[rows[0]]), name, _EXPLAIN[name]))
-    for i, ln, name, _ in sorted(bad, reverse=True):
+    for i, ln, name, _ in bad:
         report.first_seen[name] = f"{files[i]} line {ln}"
     if strict and bad:
         i, ln, name, why = min(bad)

@@ -23,9 +23,10 @@ from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import yaml
 
 from seqjax.config import ConfigError, load, to_dict
-from seqjax.data.clean import (REASONS, Report, RowRules, cap_recent, drop_duplicates, k_core, sort_by_user_time,
+from seqjax.data.clean import (Report, RowRules, cap_recent, drop_duplicates, k_core, sort_by_user_time,
                                validate)
 from seqjax.data.formats import FORMATS, Columns, PrepareError, RawTable, read_generic, read_movielens, read_sasrec
 from seqjax.data.schema import EVENT_ALIASES, SCHEMA_VERSION, SPLITS
@@ -66,7 +67,7 @@ class PrepareConfig:
     min_item_count: int = 0  # k-core: keep items with at least this many events (0 = off)
     kcore_one_pass: bool = False  # one filtering pass (as some papers did) instead of a fixed point
     max_events_per_user: int = 0  # keep each user's most recent N events (0 = all)
-    strict: bool = False  # stop at the first bad row instead of dropping it
+    strict: bool = False  # error at the first row a row-level reason would drop (see clean.ROW_REASONS)
 
     def __post_init__(self):
         # YAML reads an unquoted 1998-01-01 as a date: keep times as text.
@@ -267,6 +268,9 @@ def run_prepare(args: argparse.Namespace) -> int:
         prepare(cfg)
     except (PrepareError, ConfigError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except yaml.YAMLError as e:
+        print(f"error: cannot parse {args.config}: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except OSError as e:
         print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)

@@ -1,0 +1,166 @@
+"""Splits: records against a brute-force reference, and no target leaking into training inputs."""
+
+import numpy as np
+import pytest
+from array_record.python.array_record_module import ArrayRecordReader
+
+from seqjax.data.formats import PrepareError
+from seqjax.data.prepare import PrepareConfig, prepare
+from seqjax.data.schema import decode_record
+from seqjax.data.shards import split_paths
+from seqjax.data.split import OOV_TARGET
+from seqjax.data.timestamps import parse_time
+
+T0 = 1_500_000_000
+DAY = 86_400
+
+
+def read_split(data_dir, split):
+    records = []
+    for path in split_paths(data_dir, split):
+        reader = ArrayRecordReader(path)
+        records += [decode_record(b) for b in reader.read_all()]
+        reader.close()
+    return records
+
+
+def vocab(data_dir, name):
+    lines = (data_dir / "vocab" / f"{name}.tsv").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "id\traw_id"
+    return {int(i): raw for i, raw in (line.split("\t") for line in lines[1:])}
+
+
+@pytest.fixture
+def log(tmp_path):
+    """A shuffled log: 25 users with 1..30 events, repeated items, timestamp ties within users."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(25):
+        n = 1 + (u * 7) % 30
+        ts = np.sort(T0 + rng.integers(0, 60, n) * DAY // 2)  # half-day steps: many ties
+        rows += [(f"user{u}", f"item{rng.integers(0, 40)}", int(t)) for t in ts]
+    file_order = rng.permutation(len(rows))
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,item_id,timestamp\n" + "".join(f"{u},{i},{t}\n" for u, i, t in
+                                                            (rows[k] for k in file_order)))
+    # Reference per-user sequences: time order, ties in file order.
+    lines = [rows[k] + (line,) for line, k in enumerate(file_order)]
+    timeline = [(u, i, t) for u, i, t, _ in sorted(lines, key=lambda r: (r[2], r[3]))]
+    by_user = {}
+    for u, i, t in timeline:
+        by_user.setdefault(u, []).append((i, t))
+    return path, by_user, timeline
+
+
+def run(path, out, **kw):
+    cfg = PrepareConfig(format="generic", inputs=(str(path),), out=str(out), max_timestamp="2030-01-01",
+                        drop_duplicates=False, **kw)
+    return prepare(cfg, echo=False)
+
+
+def decoded(data_dir, split):
+    """{raw user: (history [(raw item, ts)], (raw target, ts) or None)}."""
+    users, items = vocab(data_dir, "users"), vocab(data_dir, "items")
+    out = {}
+    for r in read_split(data_dir, split):
+        hist = [(items[int(i)], int(t)) for i, t in zip(r.items, r.timestamps)]
+        target = None if split == "train" else (items.get(r.target, OOV_TARGET), r.target_timestamp)
+        out[users[r.user]] = (hist, target)
+    return out
+
+
+def test_loo_matches_reference_and_never_trains_on_targets(tmp_path, log):
+    path, ref, _ = log
+    meta = run(path, tmp_path / "out")
+    train, valid, test = (decoded(tmp_path / "out", s) for s in ("train", "valid", "test"))
+    assert set(train) == set(ref)
+    for user, seq in ref.items():
+        if len(seq) < 3:
+            assert train[user] == (seq, None) and user not in valid and user not in test
+            continue
+        assert train[user][0] == seq[:-2]  # by position: the two targets are not in training
+        assert valid[user] == (seq[:-2], seq[-2])
+        assert test[user] == (seq[:-1], seq[-1])  # the test history includes the valid target
+        assert max(t for _, t in train[user][0]) <= seq[-2][1] <= seq[-1][1]
+    n_eval = sum(len(s) >= 3 for s in ref.values())
+    assert meta["counts"]["test"]["records"] == meta["counts"]["valid"]["records"] == n_eval
+    assert meta["counts"]["train"]["events"] == sum(len(s) if len(s) < 3 else len(s) - 2 for s in ref.values())
+    repeats = sum(seq[-1][0] in {i for i, _ in seq[:-1]} for seq in ref.values() if len(seq) >= 3) / n_eval
+    assert meta["repeat_target_share"]["test"] == pytest.approx(repeats)
+    assert meta["train_has_repeats"] is True
+
+
+def test_records_are_in_user_order_and_ids_by_first_appearance(tmp_path, log):
+    path, _, timeline = log
+    run(path, tmp_path / "out")
+    records = read_split(tmp_path / "out", "train")
+    assert [r.user for r in records] == list(range(len(records)))
+    users, items = vocab(tmp_path / "out", "users"), vocab(tmp_path / "out", "items")
+    assert list(users.values()) == list(dict.fromkeys(u for u, _, _ in timeline))
+    assert list(items.values()) == list(dict.fromkeys(i for _, i, _ in timeline))
+    assert list(items) == list(range(1, len(items) + 1))  # 0 is padding
+
+
+@pytest.mark.parametrize("cuts", [("q0.6", "q0.8"), ("2017-08-01", "2017-08-10")])
+def test_temporal_respects_cuts(tmp_path, log, cuts):
+    path, ref, _ = log
+    meta = run(path, tmp_path / "out", split="temporal", valid_cut=cuts[0], test_cut=cuts[1])
+    v_cut, t_cut = meta["split"]["valid_cut"]["unix"], meta["split"]["test_cut"]["unix"]
+    if not cuts[0].startswith("q"):
+        assert v_cut == parse_time(cuts[0], "x") and t_cut == parse_time(cuts[1], "x")
+    train, valid, test = (decoded(tmp_path / "out", s) for s in ("train", "valid", "test"))
+    train_items = {i for hist, _ in train.values() for i, _ in hist}
+    assert len(train_items) == meta["num_items"]
+    for user, seq in ref.items():
+        before_v = [e for e in seq if e[1] < v_cut]
+        assert train.get(user, ([], None))[0] == before_v
+        in_valid = [e for e in seq if v_cut <= e[1] < t_cut]
+        if in_valid:
+            assert valid[user] == (before_v, in_valid[0])
+        else:
+            assert user not in valid
+        after_t = [e for e in seq if e[1] >= t_cut]
+        if after_t:
+            hist, target = test[user]
+            assert hist == [e for e in seq if e[1] < t_cut and e[0] in train_items]
+            expected = after_t[0] if after_t[0][0] in train_items else (OOV_TARGET, after_t[0][1])
+            assert target == expected
+        else:
+            assert user not in test
+    for hist, _ in train.values():
+        assert all(t < v_cut for _, t in hist)
+    oov = np.mean([test[u][1][0] == OOV_TARGET for u in test])
+    assert meta["oov_target_share"]["test"] == pytest.approx(oov)
+
+
+def test_temporal_oov_target_and_empty_history(tmp_path):
+    path = tmp_path / "t.csv"
+    day = lambda d: T0 + d * DAY  # noqa: E731
+    path.write_text("user_id,item_id,timestamp\n"
+                    f"a,x,{day(0)}\na,y,{day(1)}\na,new,{day(5)}\n"  # a: OOV test target
+                    f"b,x,{day(2)}\nb,y,{day(3)}\nb,x,{day(6)}\n"
+                    f"late,y,{day(4)}\nlate,x,{day(7)}\n")  # late: no training events
+    meta = run(path, tmp_path / "out", split="temporal", valid_cut=str(day(4)), test_cut=str(day(5)))
+    test = {r.user: r for r in read_split(tmp_path / "out", "test")}
+    users = {raw: u for u, raw in vocab(tmp_path / "out", "users").items()}
+    assert test[users["a"]].target == OOV_TARGET
+    assert len(test[users["late"]].items) == 1  # history before test_cut: its valid-period event
+    valid = {r.user: r for r in read_split(tmp_path / "out", "valid")}
+    assert len(valid[users["late"]].items) == 0  # empty history: allowed for temporal
+    assert users["late"] not in {r.user for r in read_split(tmp_path / "out", "train")}
+    assert meta["oov_target_share"]["test"] == pytest.approx(1 / 3)
+    assert meta["num_items"] == 2
+
+
+def test_temporal_errors(tmp_path):
+    sasrec = tmp_path / "s.txt"
+    sasrec.write_text("1 1\n1 2\n1 3\n")
+    with pytest.raises(PrepareError, match="temporal.*needs timestamps"):
+        prepare(PrepareConfig(format="sasrec", inputs=(str(sasrec),), out=str(tmp_path / "o"), split="temporal"),
+                echo=False)
+    log = tmp_path / "l.csv"
+    log.write_text("user_id,item_id,timestamp\na,x,1500000000\na,y,1600000000\n")
+    with pytest.raises(PrepareError, match="valid_cut .* must be before test_cut"):
+        run(log, tmp_path / "o", split="temporal", valid_cut="2019-01-01", test_cut="2018-01-01")
+    with pytest.raises(PrepareError, match="quantile"):
+        run(log, tmp_path / "o", split="temporal", valid_cut="q1.5")
