@@ -20,10 +20,10 @@ def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.A
     """softmax(QK^T / sqrt(H)) V with causal and key-padding masks. q, k, v: [B, T, N, H]."""
     t = q.shape[1]
     logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
-    key_valid = jnp.arange(t)[None, :] < lengths[:, None]  # [B, S]
-    mask = key_valid[:, None, None, :]
-    if causal:
-        mask = mask & jnp.tril(jnp.ones((t, t), bool))[None, None]
+    if causal:  # right padding: the causal mask alone hides padded keys from valid queries
+        mask = jnp.tril(jnp.ones((t, t), bool))[None, None]
+    else:
+        mask = (jnp.arange(t)[None, :] < lengths[:, None])[:, None, None, :]
     # Rows with no visible key (padded queries) get uniform weights instead of NaN.
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)

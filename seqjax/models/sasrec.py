@@ -52,7 +52,7 @@ class Block(nnx.Module):
         a = attention(split(q), split(k), split(v), lengths, causal=True, implementation=implementation)
         a = self.out(a.reshape(b, t, d))
         x = x + self.drop(a, deterministic=not train, rngs=keys[0] if train else None)
-        h = self.ffn_out(jax.nn.gelu(self.ffn_in(self.norm_ffn(x))))
+        h = self.ffn_out(jax.nn.relu(self.ffn_in(self.norm_ffn(x))))  # ReLU, as in the paper
         return x + self.drop(h, deterministic=not train, rngs=keys[1] if train else None)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 import math
 import os
 import tempfile
@@ -41,6 +42,13 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 log = logging.getLogger(__name__)
+
+
+def _warn(message: str) -> None:
+    # Printed as well as logged: absl may leave the logging module without a handler, and a user
+    # resuming after a crash must see that a checkpoint was skipped.
+    log.warning(message)
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 MANIFEST_NAME = "seqjax_manifest.json"
 _STATE = "state"
@@ -247,16 +255,11 @@ class CheckpointStore:
             problem = manifest_problem(self._step_dir(step))
             if problem is None:
                 for bad, reason in skipped:
-                    log.warning(
-                        "checkpoint step %d is corrupted (%s); falling back to step %d",
-                        bad, reason, step,
-                    )
+                    _warn(f"checkpoint step {bad} is corrupted ({reason}); falling back to step {step}")
                 return step, skipped
             skipped.append((step, problem))
         for bad, reason in skipped:
-            log.warning(
-                "checkpoint step %d is corrupted (%s); no intact step to fall back to", bad, reason
-            )
+            _warn(f"checkpoint step {bad} is corrupted ({reason}); no intact step to fall back to")
         return None, skipped
 
     def latest_intact_step(self) -> int | None:

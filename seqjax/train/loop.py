@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -215,6 +216,8 @@ class Trainer:
             "first_epoch_seconds_incl_compile": progress.epoch_seconds[0] if progress.epoch_seconds else None,
             "valid_seconds_mean": float(np.mean(progress.eval_seconds)) if progress.eval_seconds else None,
             "train_seconds_total": float(np.sum(progress.epoch_seconds)),
+            "train_seconds_to_best": float(np.sum(progress.epoch_seconds[:progress.best_epoch or 0])),
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "steps_per_epoch": self.steps_per_epoch,
         }
         run_dir.write_atomic(self.workdir / "summary.json", json.dumps(summary, indent=1))

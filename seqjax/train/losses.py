@@ -22,7 +22,7 @@ def _chunk_loss(hidden: jax.Array, targets: jax.Array, weights: jax.Array, table
 
 
 def full_softmax_loss(hidden: jax.Array, table: jax.Array, targets: jax.Array, weights: jax.Array,
-                      chunk_size: int = 2048) -> jax.Array:
+                      chunk_size: int = 512) -> jax.Array:
     """Mean softmax cross-entropy over positions with weight > 0.
 
     hidden [B, T, D], table [V+1, D], targets [B, T] item ids, weights [B, T] (0 on padding).

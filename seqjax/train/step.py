@@ -46,10 +46,10 @@ def optimizer(cfg: ExperimentConfig, schedule: optax.Schedule) -> optax.Gradient
     return optax.chain(*parts)
 
 
-def init_state(model: SASRec, tx: optax.GradientTransformation, seed: int) -> State:
+def init_state(model: SASRec, tx: optax.GradientTransformation, seed: int, rng_impl: str) -> State:
     params = nnx.to_pure_dict(nnx.state(model))
     return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
-            "rng": jax.random.key_data(jax.random.key(seed + 1))}
+            "rng": jax.random.key_data(jax.random.key(seed + 1, impl=rng_impl))}
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
@@ -65,9 +65,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
                                  cfg.train.loss_chunk)
 
     def step(state: State, batch: dict) -> tuple[State, dict]:
-        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"], impl=cfg.train.rng_impl), state["step"])
         loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, key)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         # The finite flag is computed on device and read a step late: no host sync per step.
@@ -97,7 +97,7 @@ def state_factory(cfg: ExperimentConfig, num_items: int, tx: optax.GradientTrans
     rep = sharding.replicated(mesh)
 
     def create() -> State:
-        return init_state(build_model(cfg, num_items, seed), tx, seed)
+        return init_state(build_model(cfg, num_items, seed), tx, seed, cfg.train.rng_impl)
 
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), jax.eval_shape(create))
     return graphdef, jax.jit(create, out_shardings=rep), abstract

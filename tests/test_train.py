@@ -1,0 +1,133 @@
+"""Training: the loss falls, the step compiles once per shape, resume is exact, bad states are refused."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY_OVERRIDES, tiny_config
+from seqjax.train.checkpoint import CheckpointStore
+from seqjax.train.loop import Trainer, TrainingDiverged, train
+from seqjax.train.run_dir import RunDirError
+
+
+def _params(workdir: Path, step="latest"):
+    store = CheckpointStore(workdir / "checkpoints")
+    step, state, meta = store.restore(None, step=step)
+    return step, jax.tree.map(np.asarray, state["params"]), meta
+
+
+def _losses(workdir: Path) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(workdir / "tensorboard"))
+    acc.Reload()
+    return {e.step: e.value for e in acc.Scalars("train/loss")}
+
+
+def test_loss_falls_and_validation_beats_chance(tiny_data, tmp_path):
+    summary = train(tiny_config(tiny_data, "train.epochs=6"), tmp_path)
+    losses = _losses(tmp_path)
+    steps = sorted(losses)
+    assert losses[steps[-1]] < losses[steps[0]] - 0.5
+    # 300 items, full ranking: chance NDCG@10 is ~0.01.
+    assert summary["best_valid"]["NDCG@10"] > 0.05
+    assert summary["epochs"] == 6 and summary["stopped"].startswith("reached train.epochs")
+
+
+def test_step_compiles_once_per_bucket(tiny_data, tmp_path):
+    trainer = Trainer(tiny_config(tiny_data, "data.buckets=[8,20]", "train.epochs=2"), tmp_path)
+    trainer.run()
+    assert trainer.step_fn._cache_size() == 2  # two padded lengths, nothing recompiled across epochs
+
+
+def _train_cmd(data: Path, workdir: Path, *extra: str) -> list[str]:
+    sets = [f"data.path={data}", *TINY_OVERRIDES, "train.epochs=4", "train.checkpoint_every_steps=2", *extra]
+    return [sys.executable, "-m", "seqjax.cli", "train", "--config", str(REPO / "configs" / "sasrec_tiny.yaml"),
+            "--workdir", str(workdir), *sum([["--set", s] for s in sets], [])]
+
+
+def test_sigkill_then_rerun_is_bit_identical(tiny_data, tmp_path):
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    subprocess.run(_train_cmd(tiny_data, clean), check=True, capture_output=True)
+    proc = subprocess.Popen(_train_cmd(tiny_data, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    # Kill once a mid-run checkpoint exists, at a moment unrelated to any save.
+    while time.time() < deadline and not any(p.name.isdigit() and int(p.name) >= 10
+                                              for p in (killed / "checkpoints").glob("*")):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    out = subprocess.run(_train_cmd(tiny_data, killed), check=True, capture_output=True, text=True)
+    assert "resuming from checkpoint step" in out.stdout
+    step_a, params_a, meta_a = _params(clean)
+    step_b, params_b, meta_b = _params(killed)
+    assert step_a == step_b
+    for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+        np.testing.assert_array_equal(a, b)
+    assert meta_a["progress"]["best_metric"] == meta_b["progress"]["best_metric"]
+    assert json.loads((clean / "summary.json").read_text())["best_valid"] == \
+        json.loads((killed / "summary.json").read_text())["best_valid"]
+    again = subprocess.run(_train_cmd(tiny_data, killed), check=True, capture_output=True, text=True)
+    assert "already finished" in again.stdout
+
+
+def test_corrupted_latest_checkpoint_falls_back(tiny_data, tmp_path, capsys):
+    cfg = tiny_config(tiny_data, "train.epochs=2", "train.checkpoint_every_steps=2")
+    train(cfg, tmp_path)
+    store = CheckpointStore(tmp_path / "checkpoints")
+    latest = max(store.all_steps())
+    victim = max((p for p in (tmp_path / "checkpoints" / str(latest)).rglob("*") if p.is_file()
+                  and p.name != "seqjax_manifest.json"), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # truncated
+    more = tiny_config(tiny_data, "train.epochs=3", "train.checkpoint_every_steps=2")
+    trainer = Trainer(more, tmp_path, allow_config_change=True)
+    _, progress, resumed = trainer._restore()
+    assert resumed
+    err = capsys.readouterr()
+    assert f"checkpoint step {latest} is corrupted" in err.out + err.err
+    summary = trainer.run()
+    assert summary["epochs"] == 3
+
+
+def test_changed_config_is_refused_with_the_key(tiny_data, tmp_path):
+    train(tiny_config(tiny_data, "train.epochs=1"), tmp_path)
+    with pytest.raises(RunDirError, match="optim.lr"):
+        Trainer(tiny_config(tiny_data, "train.epochs=1", "optim.lr=0.1"), tmp_path)
+    res = subprocess.run(_train_cmd(tiny_data, tmp_path, "train.epochs=1", "optim.lr=0.1"),
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "changed: " in res.stderr and "Traceback" not in res.stderr
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_last_good(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, "train.epochs=3", "optim.lr=1e30", "optim.clip_norm=0.0",
+                      "optim.warmup_steps=1", "train.checkpoint_every_steps=1")
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss or gradient at step \d+") as err:
+        train(cfg, tmp_path)
+    steps = CheckpointStore(tmp_path / "checkpoints").all_steps()
+    for step in steps:  # every kept checkpoint holds finite parameters
+        _, params, _ = _params(tmp_path, step)
+        assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+    assert f"last good checkpoint: step {max(steps) if steps else None}" in str(err.value)
+
+
+def test_evaluate_refuses_other_data(tiny_data, tmp_path):
+    from seqjax.evaluation.evaluate import evaluate
+    train(tiny_config(tiny_data, "train.epochs=1"), tmp_path)
+    result = evaluate(tmp_path, "test", "best", tmp_path / "t.json")
+    assert set(result["metrics"]) >= {"NDCG@10", "HR@10", "MRR", "HR@1", "NDCG@20"}
+    card = result["protocol"]
+    assert card["checkpoint"]["chosen"].startswith("best validation") and card["users"] == 240
+    assert (tmp_path / "t.per_user.csv").read_text().count("\n") == 241
+    data_json = json.loads((tmp_path / "data.json").read_text())
+    (tmp_path / "data.json").write_text(json.dumps({**data_json, "checksum": "0" * 64}))
+    with pytest.raises(RunDirError, match="checksum"):
+        evaluate(tmp_path, "test")
