@@ -97,7 +97,12 @@ def from_dict(cls: type[T], mapping: Mapping[str, Any], prefix: str = "") -> T:
             kwargs[name] = _coerce(value, hints[name], prefix + name)
     obj = dataclasses.replace(base, **kwargs)
     if hasattr(obj, "validate"):
-        obj.validate()
+        try:
+            obj.validate()
+        except ConfigError:
+            raise
+        except ValueError as e:  # model configs raise plain ValueError; surface them as config errors
+            raise ConfigError(str(e)) from None
     return obj
 
 
