@@ -14,9 +14,13 @@ def _train(args: argparse.Namespace) -> int:
     from seqjax.train.loop import train
     cfg = config_lib.load(ExperimentConfig, args.config, args.set)
     summary = train(cfg, args.workdir, allow_config_change=args.allow_config_change)
-    print(f"training ended: {summary['stopped']}; best epoch {summary['best_epoch']} "
-          f"({cfg.train.metric}={summary['best_valid'][cfg.train.metric]}); "
-          f"steady {summary['seconds_per_epoch_steady']} s/epoch")
+    best = summary["best_valid"][cfg.train.metric]
+    best_text = "no validation split" if best is None else f"{cfg.train.metric}={best:.4f}"
+    if summary["best_epoch"] is None:
+        print(f"{summary['stopped']}; valid {best_text}; artefact in {args.workdir}")
+        return 0
+    print(f"training ended: {summary['stopped']}; best epoch {summary['best_epoch']} ({best_text}); "
+          f"steady {summary['seconds_per_epoch_steady']:.1f} s/epoch")
     print(f"checkpoints: {Path(args.workdir) / 'checkpoints'}; curves: tensorboard --logdir {Path(args.workdir) / 'tensorboard'}")
     return 0
 

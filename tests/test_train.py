@@ -131,3 +131,20 @@ def test_evaluate_refuses_other_data(tiny_data, tmp_path):
     (tmp_path / "data.json").write_text(json.dumps({**data_json, "checksum": "0" * 64}))
     with pytest.raises(RunDirError, match="checksum"):
         evaluate(tmp_path, "test")
+
+
+@pytest.mark.parametrize("kind", ["pop", "markov", "itemknn"])
+def test_count_models_train_and_evaluate_with_the_same_card(kind, tiny_data, tmp_path):
+    from seqjax.evaluation.evaluate import evaluate
+    summary = train(tiny_config(tiny_data, f"model.kind={kind}"), tmp_path)
+    assert summary["best_valid"]["NDCG@10"] > 0.0
+    result = evaluate(tmp_path, "test", "best", tmp_path / "t.json")
+    card = result["protocol"]
+    assert card["model"] == kind and card["users"] == 240 and card["checkpoint"]["chosen"].startswith("count-based")
+    again = train(tiny_config(tiny_data, f"model.kind={kind}"), tmp_path)
+    assert again == summary  # a fitted run is not fitted again
+
+
+def test_attention_setting_on_a_model_without_attention_warns(tiny_data):
+    with pytest.warns(UserWarning, match="model.attention=xla is ignored"):
+        tiny_config(tiny_data, "model.kind=pop", "model.attention=xla")

@@ -11,9 +11,10 @@ import numpy as np
 
 from seqjax import sharding
 from seqjax.evaluation.ranking import ranking_metrics
-from seqjax.evaluation.scoring import make_rank_fn, rank_split
+from seqjax.evaluation.scoring import count_model_ranker, make_rank_fn, neural_ranker, rank_split
 from seqjax.train import run_dir
-from seqjax.train.loop import checkpoint_store, filter_seen_for
+from seqjax.train.config import COUNT_KINDS, ExperimentConfig
+from seqjax.train.loop import checkpoint_store
 from seqjax.train.step import learning_rate, optimizer, state_factory
 
 
@@ -40,15 +41,14 @@ def evaluate(workdir: str | Path, split: str = "valid", checkpoint: str = "best"
     cfg = run_dir.load_run_config(workdir)
     metadata = run_dir.load_metadata(cfg.data.path)
     run_dir.check_data(workdir, metadata)
-    mesh = sharding.make_mesh(cfg.train.num_devices)
-    tx = optimizer(cfg, learning_rate(cfg, 1))  # only the state's structure matters here
-    graphdef, _, abstract = state_factory(cfg, metadata["num_items"], tx, mesh)
-    store = checkpoint_store(workdir, cfg)
-    step, how = _choose_step(store, checkpoint)
-    restored_step, state, meta = store.restore(abstract, step=step)
-    filter_seen = filter_seen_for(cfg, metadata)
-    ranked = rank_split(make_rank_fn(graphdef, mesh, filter_seen), state["params"], cfg.data.path, split,
-                        cfg.data.eval_batch_size, cfg.data.max_len)
+    filter_seen = run_dir.filter_seen(cfg, metadata)
+    if cfg.model.kind in COUNT_KINDS:
+        from seqjax.train.count_models import load_count_model
+        rank_batch = count_model_ranker(load_count_model(workdir), filter_seen)
+        chosen = {"step": None, "epoch": None, "chosen": "count-based model: one fitted artefact, no epochs"}
+    else:
+        rank_batch, chosen = _neural_ranker(workdir, cfg, metadata, checkpoint, filter_seen)
+    ranked = rank_split(rank_batch, cfg.data.path, split, cfg.data.eval_batch_size, cfg.data.max_len)
     metrics = ranking_metrics(ranked["ranks"], metadata["num_items"], cfg.eval.ks)
     count = metrics.pop("count")
     n = len(ranked["ranks"])
@@ -63,13 +63,14 @@ def evaluate(workdir: str | Path, split: str = "valid", checkpoint: str = "best"
                         "repeat_target_share": float(ranked["history_has_target"].mean()) if n else 0.0,
                         "note": "history items removed; a target that repeats a history item counts as a miss"
                         if filter_seen else "no filtering; repeat targets are ranked like any item"},
-        "checkpoint": {"step": restored_step, "epoch": meta["progress"]["epoch"], "chosen": how},
+        "checkpoint": chosen,
         "model": cfg.model.kind, "seed": cfg.train.seed, "users": int(count),
         "max_len": cfg.data.max_len,
     }
     result = {"metrics": metrics, "protocol": card}
     _print_table(metrics, card)
-    out = Path(json_path) if json_path else workdir / "eval" / f"{split}_step{restored_step}.json"
+    tag = f"step{chosen['step']}" if chosen["step"] is not None else cfg.model.kind
+    out = Path(json_path) if json_path else workdir / "eval" / f"{split}_{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     per_user = out.with_suffix(".per_user.csv")
@@ -80,6 +81,18 @@ def evaluate(workdir: str | Path, split: str = "valid", checkpoint: str = "best"
                         np.round(ranked["scores"], 6).tolist()))
     print(f"wrote {out} and {per_user}")
     return result
+
+
+def _neural_ranker(workdir: Path, cfg: ExperimentConfig, metadata: dict[str, Any], checkpoint: str,
+                   filter_seen: bool):
+    mesh = sharding.make_mesh(cfg.train.num_devices)
+    tx = optimizer(cfg, learning_rate(cfg, 1))  # only the state's structure matters here
+    graphdef, _, abstract = state_factory(cfg, metadata["num_items"], tx, mesh)
+    store = checkpoint_store(workdir, cfg)
+    step, how = _choose_step(store, checkpoint)
+    restored_step, state, meta = store.restore(abstract, step=step)
+    rank_batch = neural_ranker(make_rank_fn(graphdef, mesh, filter_seen), state["params"])
+    return rank_batch, {"step": restored_step, "epoch": meta["progress"]["epoch"], "chosen": how}
 
 
 def _print_table(metrics: dict[str, float], card: dict[str, Any]) -> None:

@@ -31,12 +31,13 @@ def make_rank_fn(graphdef: nnx.GraphDef, mesh: Mesh, filter_seen: bool) -> Calla
                    out_shardings=(batch, batch))
 
 
-def rank_split(rank_fn: Callable, params, data_dir: str | os.PathLike, split: str, batch_size: int,
+def rank_split(rank_batch: Callable[[dict], tuple], data_dir: str | os.PathLike, split: str, batch_size: int,
                max_len: int) -> dict[str, np.ndarray]:
-    """Ranks every record of `split`; returns per-user arrays: users, targets, ranks, scores."""
+    """Ranks every record of `split` with `rank_batch(batch) -> (ranks [B], target scores [B])`;
+    returns per-user arrays: users, targets, ranks, scores, history_has_target."""
     out: dict[str, list] = {"users": [], "targets": [], "ranks": [], "scores": [], "history_has_target": []}
     for b in eval_batches(data_dir, split, batch_size, max_len):
-        ranks, scores = rank_fn(params, b["items"], b["lengths"], b["history"], b["targets"])
+        ranks, scores = rank_batch(b)
         keep = b["valid"]
         out["users"].append(b["users"][keep])
         out["targets"].append(b["targets"][keep])
@@ -44,3 +45,18 @@ def rank_split(rank_fn: Callable, params, data_dir: str | os.PathLike, split: st
         out["scores"].append(np.asarray(scores)[keep])
         out["history_has_target"].append(((b["history"] == b["targets"][:, None]).any(1))[keep])
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def neural_ranker(rank_fn: Callable, params) -> Callable[[dict], tuple]:
+    return lambda b: rank_fn(params, b["items"], b["lengths"], b["history"], b["targets"])
+
+
+def count_model_ranker(model, filter_seen: bool) -> Callable[[dict], tuple]:
+    """Count-based baselines score from the whole history (not only the last max_len items)."""
+    rank = jax.jit(target_ranks, static_argnums=3)
+
+    def rank_batch(b):
+        scores = model.score(b["history"])
+        target_scores = np.take_along_axis(scores, np.maximum(b["targets"], 0)[:, None], axis=1)[:, 0]
+        return rank(scores, b["targets"], b["history"], filter_seen), target_scores
+    return rank_batch

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Literal
 
 from seqjax.config import ConfigError
+from seqjax.models.baselines import ItemKNNConfig, MarkovConfig, PopularityConfig
 from seqjax.models.sasrec import SASRecConfig
+
+NEURAL_KINDS = ("sasrec",)
+COUNT_KINDS = ("pop", "markov", "itemknn")  # fitted in one pass, no epochs, no checkpoints
+ATTENTION_KINDS = ("sasrec",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,9 +28,12 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    kind: Literal["sasrec"] = "sasrec"  # which model to train
-    attention: Literal["reference", "xla"] = "reference"  # attention implementation
+    kind: Literal["sasrec", "pop", "markov", "itemknn"] = "sasrec"  # which model to train
+    attention: Literal["reference", "xla"] = "reference"  # attention implementation (attention models)
     sasrec: SASRecConfig = SASRecConfig()
+    pop: PopularityConfig = PopularityConfig()
+    markov: MarkovConfig = MarkovConfig()
+    itemknn: ItemKNNConfig = ItemKNNConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +82,9 @@ class ExperimentConfig:
     eval: EvalConfig = EvalConfig()
 
     def validate(self) -> None:
+        if self.model.kind not in ATTENTION_KINDS and self.model.attention != "reference":
+            warnings.warn(f"model.attention={self.model.attention} is ignored: model.kind={self.model.kind} "
+                          "has no attention", stacklevel=2)
         if self.data.batch_size % self.train.num_devices:
             raise ConfigError(f"data.batch_size={self.data.batch_size} does not divide by "
                               f"train.num_devices={self.train.num_devices}")

@@ -24,22 +24,16 @@ from tqdm import tqdm
 from seqjax import sharding
 from seqjax.data.pipeline import TrainBatches, TrainBatchSpec
 from seqjax.evaluation.ranking import ranking_metrics
-from seqjax.evaluation.scoring import make_rank_fn, rank_split
+from seqjax.evaluation.scoring import make_rank_fn, neural_ranker, rank_split
 from seqjax.train import run_dir
 from seqjax.train.checkpoint import CheckpointStore, manifest_problem
-from seqjax.train.config import ExperimentConfig
+from seqjax.train.config import COUNT_KINDS, ExperimentConfig
 from seqjax.train.step import learning_rate, make_train_step, optimizer, put_batch, state_factory
 from seqjax.train.tensorboard import ScalarWriter
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or gradient norm became non-finite."""
-
-
-def filter_seen_for(cfg: ExperimentConfig, metadata: dict[str, Any]) -> bool:
-    if cfg.eval.filter_seen == "auto":
-        return not metadata.get("train_has_repeats", True)
-    return cfg.eval.filter_seen == "true"
 
 
 @dataclasses.dataclass
@@ -72,7 +66,7 @@ class Trainer:
             cfg, self.metadata["num_items"], self.tx, self.mesh)
         self.store = checkpoint_store(self.workdir, cfg)
         self.step_fn = make_train_step(self.graphdef, self.tx, self.schedule, cfg, self.mesh)
-        self.rank_fn = make_rank_fn(self.graphdef, self.mesh, filter_seen_for(cfg, self.metadata))
+        self.rank_fn = make_rank_fn(self.graphdef, self.mesh, run_dir.filter_seen(cfg, self.metadata))
 
     # -- state -------------------------------------------------------------------------------
     def _restore(self) -> tuple[dict, Progress, bool]:
@@ -92,8 +86,8 @@ class Trainer:
 
     # -- validation --------------------------------------------------------------------------
     def validate(self, params) -> dict[str, float]:
-        ranked = rank_split(self.rank_fn, params, self.cfg.data.path, "valid", self.cfg.data.eval_batch_size,
-                            self.cfg.data.max_len)
+        ranked = rank_split(neural_ranker(self.rank_fn, params), self.cfg.data.path, "valid",
+                            self.cfg.data.eval_batch_size, self.cfg.data.max_len)
         return ranking_metrics(ranked["ranks"], self.metadata["num_items"], self.cfg.eval.ks)
 
     # -- the loop ----------------------------------------------------------------------------
@@ -230,4 +224,7 @@ def checkpoint_store(workdir: Path, cfg: ExperimentConfig) -> CheckpointStore:
 
 
 def train(cfg: ExperimentConfig, workdir: str | Path, allow_config_change: bool = False) -> dict[str, Any]:
+    if cfg.model.kind in COUNT_KINDS:
+        from seqjax.train.count_models import fit_count_model
+        return fit_count_model(cfg, Path(workdir), allow_config_change)
     return Trainer(cfg, workdir, allow_config_change).run()

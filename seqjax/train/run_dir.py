@@ -75,3 +75,10 @@ def load_run_config(workdir: Path) -> ExperimentConfig:
     if not path.exists():
         raise RunDirError(f"{workdir} has no {CONFIG_FILE}: not a `seqjax train` run directory")
     return config_lib.from_dict(ExperimentConfig, yaml.safe_load(path.read_text()))
+
+
+def filter_seen(cfg: ExperimentConfig, metadata: dict[str, Any]) -> bool:
+    """eval.filter_seen: `auto` filters history items when training has no repeated (user, item) pair."""
+    if cfg.eval.filter_seen == "auto":
+        return not metadata.get("train_has_repeats", True)
+    return cfg.eval.filter_seen == "true"
