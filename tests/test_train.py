@@ -148,3 +148,11 @@ def test_count_models_train_and_evaluate_with_the_same_card(kind, tiny_data, tmp
 def test_attention_setting_on_a_model_without_attention_warns(tiny_data):
     with pytest.warns(UserWarning, match="model.attention=xla is ignored"):
         tiny_config(tiny_data, "model.kind=pop", "model.attention=xla")
+
+
+@pytest.mark.parametrize("kind", ["gru4rec", "lstm"])
+def test_recurrent_kinds_train_through_the_same_loop(kind, tiny_data, tmp_path):
+    from seqjax.evaluation.evaluate import evaluate
+    summary = train(tiny_config(tiny_data, f"model.kind={kind}", "train.epochs=2"), tmp_path)
+    assert summary["epochs"] == 2 and summary["best_valid"]["NDCG@10"] > 0.0
+    assert evaluate(tmp_path, "test")["protocol"]["model"] == kind

@@ -9,7 +9,9 @@ The cells are written out (not flax's RNN wrappers) so the input projection x @ 
 either inside the scan step ("inside") or for all steps at once before the scan ("hoisted": one
 [B*T, D] x [D, G*D] matmul). Steps at t >= length keep the carry, so right padding never reaches the
 state; the output at a padded step repeats the last valid state. The slow reference (a Python loop over
-time) lives in tests/test_recurrent.py; experiments/rnn_bench.py measures the two placements and `unroll`.
+time, every gate written out) lives in tests/test_recurrent.py; experiments/rnn_bench.py measures the two
+placements and `unroll` (inside, unroll=1 was fastest forward+backward on XLA:CPU; on an accelerator the
+hoisted matmul may win: rerun the bench there).
 Shapes: B batch, T time, D width, G gates (GRU 3, LSTM 4), V items (+1 for padding id 0).
 """
 
@@ -32,9 +34,10 @@ class RecurrentConfig:
     layers: int = 1  # stacked recurrent layers
     dropout: float = 0.2  # on the item embeddings and between layers
     shared_embeddings: bool = True  # score items with the input embedding table
-    input_projection: Projection = "inside"  # x @ W_x inside the scan step, or hoisted before it (bench:
-    # experiments/rnn_bench.py; inside is faster forward+backward on XLA:CPU)
-    unroll: int = 1  # lax.scan unroll factor (>1 was slower and compiles much longer on XLA:CPU)
+    input_projection: Projection = "inside"  # x @ W_x inside the scan step, or hoisted before it as one
+    # matmul; experiments/rnn_bench.py, XLA:CPU, B=128 T=200 D=64 fwd+bwd: hoisted 1.2-1.25x slower
+    unroll: int = 1  # lax.scan unroll factor; same bench: 2 was no faster (GRU 1.01x, LSTM 1.06x), 4 slower,
+    # and compile time grows with it
 
     def validate(self) -> None:
         p = f"model.{self.section}"

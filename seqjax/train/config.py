@@ -8,9 +8,10 @@ from typing import Literal
 
 from seqjax.config import ConfigError
 from seqjax.models.baselines import ItemKNNConfig, MarkovConfig, PopularityConfig
+from seqjax.models.recurrent import GRU4RecConfig, LSTMConfig
 from seqjax.models.sasrec import SASRecConfig
 
-NEURAL_KINDS = ("sasrec",)
+NEURAL_KINDS = ("sasrec", "gru4rec", "lstm")
 COUNT_KINDS = ("pop", "markov", "itemknn")  # fitted in one pass, no epochs, no checkpoints
 ATTENTION_KINDS = ("sasrec",)
 
@@ -28,9 +29,11 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    kind: Literal["sasrec", "pop", "markov", "itemknn"] = "sasrec"  # which model to train
+    kind: Literal["sasrec", "gru4rec", "lstm", "pop", "markov", "itemknn"] = "sasrec"  # which model to train
     attention: Literal["reference", "xla"] = "reference"  # attention implementation (attention models)
     sasrec: SASRecConfig = SASRecConfig()
+    gru4rec: GRU4RecConfig = GRU4RecConfig()
+    lstm: LSTMConfig = LSTMConfig()
     pop: PopularityConfig = PopularityConfig()
     markov: MarkovConfig = MarkovConfig()
     itemknn: ItemKNNConfig = ItemKNNConfig()

@@ -16,6 +16,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from seqjax import sharding
+from seqjax.models.recurrent import GRU4Rec, LSTMRec
 from seqjax.models.sasrec import SASRec
 from seqjax.train.config import ExperimentConfig
 from seqjax.train.losses import full_softmax_loss
@@ -24,9 +25,13 @@ State = dict[str, Any]
 BATCH_KEYS = ("items", "targets", "weights", "lengths")
 
 
-def build_model(cfg: ExperimentConfig, num_items: int, seed: int) -> SASRec:
-    return SASRec(num_items, cfg.data.max_len, cfg.model.sasrec, rngs=nnx.Rngs(seed),
-                  attention_impl=cfg.model.attention)
+MODELS = {"sasrec": SASRec, "gru4rec": GRU4Rec, "lstm": LSTMRec}
+
+
+def build_model(cfg: ExperimentConfig, num_items: int, seed: int) -> nnx.Module:
+    """The active kind's model; all share encode / item_table / last_hidden."""
+    return MODELS[cfg.model.kind](num_items, cfg.data.max_len, getattr(cfg.model, cfg.model.kind),
+                                  rngs=nnx.Rngs(seed), attention_impl=cfg.model.attention)
 
 
 def learning_rate(cfg: ExperimentConfig, total_steps: int) -> optax.Schedule:
@@ -46,7 +51,7 @@ def optimizer(cfg: ExperimentConfig, schedule: optax.Schedule) -> optax.Gradient
     return optax.chain(*parts)
 
 
-def init_state(model: SASRec, tx: optax.GradientTransformation, seed: int, rng_impl: str) -> State:
+def init_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int, rng_impl: str) -> State:
     params = nnx.to_pure_dict(nnx.state(model))
     return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
             "rng": jax.random.key_data(jax.random.key(seed + 1, impl=rng_impl))}
