@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqjax.models.next_item import NextItemModel
+
 Projection = Literal["inside", "hoisted"]
 
 
@@ -127,7 +129,7 @@ class RecurrentLayer(nnx.Module):
         return jnp.swapaxes(hs, 0, 1)  # [B, T, D]
 
 
-class _RecurrentRec(nnx.Module):
+class _RecurrentRec(NextItemModel):
     cell: ClassVar[Literal["gru", "lstm"]]
 
     def __init__(self, num_items: int, max_len: int, cfg: RecurrentConfig, *, rngs: nnx.Rngs,
@@ -156,16 +158,6 @@ class _RecurrentRec(nnx.Module):
             x = self.drop(x, deterministic=keys is None, rngs=None if keys is None else keys[i])
             x = layer(x, lengths, self.projection, self.unroll)
         return self.out(x)
-
-    def item_table(self) -> jax.Array:
-        """Output item embeddings [V+1, D]; row 0 (padding) must be masked by the caller."""
-        table = self.item_embed if self.output_embed is None else self.output_embed
-        return table.embedding[...]
-
-    def last_hidden(self, items: jax.Array, lengths: jax.Array) -> jax.Array:
-        """The user representation: hidden state at each row's last valid position [B, D]."""
-        h = self.encode(items, lengths)
-        return jnp.take_along_axis(h, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
 
 
 class GRU4Rec(_RecurrentRec):

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seqjax.models.attention import Implementation, attention
+from seqjax.models.next_item import NextItemModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +57,7 @@ class Block(nnx.Module):
         return x + self.drop(h, deterministic=not train, rngs=keys[1] if train else None)
 
 
-class SASRec(nnx.Module):
+class SASRec(NextItemModel):
     def __init__(self, num_items: int, max_len: int, cfg: SASRecConfig, *, rngs: nnx.Rngs,
                  attention_impl: Implementation = "reference"):
         self.num_items = num_items
@@ -84,13 +85,3 @@ class SASRec(nnx.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, lengths, None if keys is None else keys[1 + 2 * i: 3 + 2 * i], self.attention_impl)
         return self.final_norm(x)
-
-    def item_table(self) -> jax.Array:
-        """Output item embeddings [V+1, D]; row 0 (padding) must be masked by the caller."""
-        table = self.item_embed if self.output_embed is None else self.output_embed
-        return table.embedding[...]
-
-    def last_hidden(self, items: jax.Array, lengths: jax.Array) -> jax.Array:
-        """The user representation: hidden state at each row's last valid position [B, D]."""
-        h = self.encode(items, lengths)
-        return jnp.take_along_axis(h, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
