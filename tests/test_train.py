@@ -156,3 +156,17 @@ def test_recurrent_kinds_train_through_the_same_loop(kind, tiny_data, tmp_path):
     summary = train(tiny_config(tiny_data, f"model.kind={kind}", "train.epochs=2"), tmp_path)
     assert summary["epochs"] == 2 and summary["best_valid"]["NDCG@10"] > 0.0
     assert evaluate(tmp_path, "test")["protocol"]["model"] == kind
+
+
+def test_blockwise_attention_trains_like_reference(tiny_data, tmp_path):
+    from seqjax.train.step import put_batch
+    losses = {}
+    for impl in ("reference", "blockwise"):
+        trainer = Trainer(tiny_config(tiny_data, f"model.attention={impl}", "model.sasrec.heads=2"), tmp_path / impl)
+        state = trainer._create()
+        out = []
+        for batch, _ in zip(trainer.batches.epoch(0), range(3)):
+            state, metrics = trainer.step_fn(state, put_batch(batch, trainer.mesh))
+            out.append(float(metrics["loss"]))
+        losses[impl] = out
+    np.testing.assert_allclose(losses["blockwise"], losses["reference"], rtol=1e-5)

@@ -12,7 +12,9 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-Implementation = Literal["reference", "xla"]
+from seqjax.models.blockwise_attention import blockwise_attention
+
+Implementation = Literal["reference", "blockwise", "xla"]
 
 
 def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array,
@@ -35,6 +37,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array, *, c
     """Dispatches to one attention implementation; all share the masking contract above."""
     if implementation == "reference":
         return reference_attention(q, k, v, lengths, causal)
+    if implementation == "blockwise":
+        return blockwise_attention(q, k, v, lengths, causal=causal)
     if implementation == "xla":
         return jax.nn.dot_product_attention(q, k, v, is_causal=causal, key_value_seq_lengths=lengths,
                                             implementation="xla")

@@ -30,7 +30,7 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     kind: Literal["sasrec", "gru4rec", "lstm", "pop", "markov", "itemknn"] = "sasrec"  # which model to train
-    attention: Literal["reference", "xla"] = "reference"  # attention implementation (attention models)
+    attention: Literal["reference", "blockwise", "xla"] = "reference"  # attention implementation (attention models)
     sasrec: SASRecConfig = SASRecConfig()
     gru4rec: GRU4RecConfig = GRU4RecConfig()
     lstm: LSTMConfig = LSTMConfig()
