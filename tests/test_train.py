@@ -170,3 +170,12 @@ def test_blockwise_attention_trains_like_reference(tiny_data, tmp_path):
             out.append(float(metrics["loss"]))
         losses[impl] = out
     np.testing.assert_allclose(losses["blockwise"], losses["reference"], rtol=1e-5)
+
+
+def test_config_keys_added_by_a_newer_version_do_not_block_resume(tiny_data, tmp_path):
+    import yaml
+    train(tiny_config(tiny_data, "train.epochs=1"), tmp_path)
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del saved["model"]["lstm"]  # as written by a version that had no LSTM section
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert train(tiny_config(tiny_data, "train.epochs=1"), tmp_path)["epochs"] == 1

@@ -47,6 +47,10 @@ def bind(workdir: Path, cfg: ExperimentConfig, metadata: dict[str, Any], allow_c
     cfg_path = workdir / CONFIG_FILE
     if cfg_path.exists():
         saved = yaml.safe_load(cfg_path.read_text()) or {}
+        try:  # fill keys a newer seqjax added with their defaults, so they do not count as changes
+            saved = config_lib.to_dict(config_lib.from_dict(ExperimentConfig, saved))
+        except config_lib.ConfigError:
+            pass  # a key this version no longer knows: the raw diff below names it
         changed = config_lib.diff(saved, resolved)
         if changed and not allow_config_change:
             raise RunDirError(f"{workdir} was started with a different config (changed: {', '.join(changed)}); "
