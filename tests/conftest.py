@@ -16,11 +16,15 @@ def shared_data_dir() -> Path:
     """
     path = Path(os.environ.get("SEQJAX_DATA_DIR") or REPO.parent / "shared" / "data")
     if not path.is_dir():
-        message = f"shared data folder not found at {path} (set SEQJAX_DATA_DIR)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_shared_data(f"shared data folder not found at {path} (set SEQJAX_DATA_DIR)")
     return path
+
+
+def missing_shared_data(message: str) -> None:
+    """Fails under CI (integration tests must run there), skips elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 TINY_OVERRIDES = [

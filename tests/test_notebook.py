@@ -1,6 +1,5 @@
 """The quickstart notebook executes top to bottom on tiny data."""
 
-import os
 
 import nbformat
 from nbclient import NotebookClient

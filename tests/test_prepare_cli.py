@@ -2,10 +2,10 @@
 
 import argparse
 import json
-import os
 import time
 
-import pytest
+
+from conftest import missing_shared_data
 
 from seqjax.data.prepare import add_prepare_arguments, run_prepare
 from seqjax.data.schema import SCHEMA_VERSION
@@ -114,10 +114,7 @@ def test_metadata_and_report(tmp_path):
 def shared_file(shared_data_dir, relative):
     path = shared_data_dir / relative
     if not path.is_file():
-        message = f"{path} not found: the shared data folder is incomplete"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_shared_data(f"{path} not found: the shared data folder is incomplete")
     return path
 
 

@@ -1,7 +1,6 @@
 """Training: the loss falls, the step compiles once per shape, resume is exact, bad states are refused."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -18,7 +18,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
 from tqdm import tqdm
 
 from seqjax import sharding
@@ -92,7 +91,6 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        cfg = self.cfg
         state, progress, resumed = self._restore()
         if progress.stopped:
             print(f"run in {self.workdir} already finished ({progress.stopped}); nothing to do", flush=True)
