@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from seqjax.models.blockwise_attention import blockwise_attention
 
-Implementation = Literal["reference", "blockwise", "xla"]
+Implementation = Literal["reference", "blockwise", "cudnn", "xla"]
 
 
 def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array,
@@ -39,7 +39,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array, *, c
         return reference_attention(q, k, v, lengths, causal)
     if implementation == "blockwise":
         return blockwise_attention(q, k, v, lengths, causal=causal)
-    if implementation == "xla":
+    if implementation in ("xla", "cudnn"):  # cudnn: GPU, bf16/fp16; the config refuses other settings
         return jax.nn.dot_product_attention(q, k, v, is_causal=causal, key_value_seq_lengths=lengths,
-                                            implementation="xla")
+                                            implementation=implementation)
     raise ValueError(f"unknown attention implementation {implementation!r}")

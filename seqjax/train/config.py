@@ -14,6 +14,7 @@ from seqjax.models.sasrec import SASRecConfig
 NEURAL_KINDS = ("sasrec", "gru4rec", "lstm")
 COUNT_KINDS = ("pop", "markov", "itemknn")  # fitted in one pass, no epochs, no checkpoints
 ATTENTION_KINDS = ("sasrec",)
+NO_CUDNN_KINDS: dict[str, str] = {}  # kind -> its attention, for kinds whose attention cuDNN cannot run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +31,8 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     kind: Literal["sasrec", "gru4rec", "lstm", "pop", "markov", "itemknn"] = "sasrec"  # which model to train
-    attention: Literal["reference", "blockwise", "xla"] = "reference"  # attention implementation (attention models)
+    attention: Literal["reference", "blockwise", "cudnn", "xla"] = "reference"  # attention implementation
+    # (attention models); cudnn: GPU only, bfloat16, head dim a multiple of 8 up to 128 (256 on Hopper)
     sasrec: SASRecConfig = SASRecConfig()
     gru4rec: GRU4RecConfig = GRU4RecConfig()
     lstm: LSTMConfig = LSTMConfig()
@@ -88,6 +90,8 @@ class ExperimentConfig:
         if self.model.kind not in ATTENTION_KINDS and self.model.attention != "reference":
             warnings.warn(f"model.attention={self.model.attention} is ignored: model.kind={self.model.kind} "
                           "has no attention", stacklevel=2)
+        if self.model.attention == "cudnn" and self.model.kind in ATTENTION_KINDS:
+            check_cudnn(self)
         if self.data.batch_size % self.train.num_devices:
             raise ConfigError(f"data.batch_size={self.data.batch_size} does not divide by "
                               f"train.num_devices={self.train.num_devices}")
@@ -98,3 +102,32 @@ class ExperimentConfig:
             raise ConfigError(f"data.buckets must end at data.max_len={self.data.max_len}")
         if self.train.metric.split("@")[0] not in ("HR", "NDCG", "MRR"):
             raise ConfigError(f"train.metric={self.train.metric!r}: use HR@K, NDCG@K or MRR")
+
+
+def check_cudnn(cfg: ExperimentConfig, backend: str | None = None, compute_capability: str | None = None) -> None:
+    """Refuses at config load what cuDNN's fused attention cannot run, instead of failing inside jit.
+
+    `backend` / `compute_capability` default to the first local device's (tests pass them explicitly).
+    """
+    kind = cfg.model.kind
+    if kind in NO_CUDNN_KINDS:
+        raise ConfigError(f"model.attention=cudnn: model.kind={kind} uses {NO_CUDNN_KINDS[kind]}, which cuDNN "
+                          "has no kernel for; use reference or blockwise")
+    if cfg.train.dtype != "bfloat16":
+        raise ConfigError(f"model.attention=cudnn needs train.dtype=bfloat16 (cuDNN fused attention runs only "
+                          f"in bf16/fp16), got {cfg.train.dtype}")
+    section = getattr(cfg.model, kind)
+    head_dim = section.dim // section.heads
+    if backend is None:
+        import jax  # only here: loading a config should not initialise a backend otherwise
+        device = jax.devices()[0]
+        backend, compute_capability = device.platform, getattr(device, "compute_capability", None)
+    if backend != "gpu":
+        raise ConfigError(f"model.attention=cudnn needs an NVIDIA GPU; this process runs on {backend}: use "
+                          "blockwise or reference")
+    hopper = str(compute_capability or "").startswith("9")
+    limit = 256 if hopper else 128
+    if head_dim % 8 or head_dim > limit:
+        raise ConfigError(f"model.attention=cudnn: head dim model.{kind}.dim/heads = {section.dim}/{section.heads} "
+                          f"= {head_dim} must be a multiple of 8 and at most {limit}"
+                          f"{' on Hopper' if hopper else ' (256 on Hopper)'}")

@@ -1,0 +1,59 @@
+"""The model-kind contract: bad kinds, attention settings the hardware cannot run and wrongly typed
+settings of inactive kinds fail at config load, with the reason, not inside jit."""
+
+import dataclasses
+import warnings
+
+import pytest
+
+from seqjax import config as config_lib
+from seqjax.train.config import ExperimentConfig, check_cudnn
+
+
+def load(*overrides: str) -> ExperimentConfig:
+    return config_lib.load(ExperimentConfig, None, list(overrides))
+
+
+def with_cudnn(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config with attention=cudnn, not validated: check_cudnn is then called with a chosen device."""
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attention="cudnn"))
+
+
+def test_unknown_kind_is_refused_with_the_known_ones():
+    with pytest.raises(config_lib.ConfigError, match=r"model.kind: 'transformer' is not one of \['sasrec'"):
+        load("model.kind=transformer")
+
+
+def test_inactive_kind_settings_are_type_checked():
+    with pytest.raises(config_lib.ConfigError, match="model.gru4rec.dim: expected an integer"):
+        load("model.kind=sasrec", "model.gru4rec.dim=wide")
+
+
+def test_attention_is_ignored_with_a_warning_by_kinds_without_attention():
+    with pytest.warns(UserWarning, match="model.attention=blockwise is ignored: model.kind=gru4rec"):
+        load("model.kind=gru4rec", "model.attention=blockwise")
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    (("train.dtype=float32",), "needs train.dtype=bfloat16"),
+    (("train.dtype=bfloat16", "model.sasrec.dim=50", "model.sasrec.heads=1"), "= 50 must be a multiple of 8"),
+    (("train.dtype=bfloat16", "model.sasrec.dim=256", "model.sasrec.heads=1"), "at most 128 \\(256 on Hopper\\)"),
+])
+def test_cudnn_refuses_what_its_kernel_cannot_run(overrides, reason):
+    cudnn = with_cudnn(load(*overrides))
+    with pytest.raises(config_lib.ConfigError, match=reason):
+        check_cudnn(cudnn, backend="gpu", compute_capability="8.0")
+
+
+def test_cudnn_head_dim_256_is_allowed_on_hopper_only_and_never_on_cpu():
+    cudnn = with_cudnn(load("train.dtype=bfloat16", "model.sasrec.dim=256", "model.sasrec.heads=1"))
+    check_cudnn(cudnn, backend="gpu", compute_capability="9.0")  # H100/H200: accepted
+    with pytest.raises(config_lib.ConfigError, match="needs an NVIDIA GPU; this process runs on cpu"):
+        check_cudnn(cudnn, backend="cpu")
+
+
+def test_cudnn_on_this_cpu_machine_fails_at_load():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(config_lib.ConfigError, match="model.attention=cudnn"):
+            load("model.attention=cudnn", "train.dtype=bfloat16")
