@@ -72,3 +72,13 @@ def test_config_errors_name_the_key():
         config_lib.load(ExperimentConfig, None, ["data.batch_size=30", "train.num_devices=8"])
     cfg = config_lib.load(ExperimentConfig, None, ["optim.lr=1e-4", "data.buckets=[16,200]"])
     assert cfg.optim.lr == 1e-4 and cfg.data.buckets == (16, 200)
+
+
+def test_epoch_loss_norm_divides_the_summed_loss_by_a_fixed_denominator():
+    k = jax.random.split(jax.random.key(1), 3)
+    h, table = jax.random.normal(k[0], (2, 5, 4)), jax.random.normal(k[1], (9, 4))
+    weights = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], jnp.float32)
+    targets = jnp.where(weights > 0, jax.random.randint(k[2], (2, 5), 1, 9), 0)
+    mean = full_softmax_loss(h, table, targets, weights, 4)
+    fixed = full_softmax_loss(h, table, targets, weights, 4, denominator=20.0)
+    np.testing.assert_allclose(fixed * 20.0, mean * 8.0, rtol=1e-6)  # both are the same sum over 8 positions

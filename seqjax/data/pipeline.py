@@ -67,6 +67,7 @@ class TrainBatches:
         self.positions = positions[self.indices]
         self.num_users = len(self.indices)
         self.batches_per_epoch = -(-self.num_users // spec.batch_size)
+        self.positions_per_batch = float(self.positions.sum()) / self.batches_per_epoch  # the epoch's mean
 
     def _all_records(self) -> Iterator[SequenceRecord]:
         for i in range(len(self.records)):

@@ -65,6 +65,9 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # extra checkpoints inside an epoch; 0 = only after validation
     keep_latest: int = 2  # latest checkpoints kept
     keep_best: int = 1  # best checkpoints (by metric) kept
+    loss_norm: Literal["batch", "epoch"] = "batch"  # divide each batch's summed loss by its own real
+    # positions (batch), or by the epoch's mean positions per batch (epoch: every position weighs the
+    # same, as with unsorted batches, although length-sorted batches differ in size)
     loss_chunk: int = 512  # positions scored at once by the full-softmax loss (small chunks stay in cache)
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype (parameters stay float32)
     num_devices: int = 1  # devices on the data-parallel mesh axis; batch_size must divide by it

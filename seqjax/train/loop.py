@@ -64,7 +64,8 @@ class Trainer:
         self.graphdef, self._create, self.abstract_state = state_factory(
             cfg, self.metadata["num_items"], self.tx, self.mesh)
         self.store = checkpoint_store(self.workdir, cfg)
-        self.step_fn = make_train_step(self.graphdef, self.tx, self.schedule, cfg, self.mesh)
+        self.step_fn = make_train_step(self.graphdef, self.tx, self.schedule, cfg, self.mesh,
+                                       self.batches.positions_per_batch)
         self.rank_fn = make_rank_fn(self.graphdef, self.mesh, run_dir.filter_seen(cfg, self.metadata))
 
     # -- state -------------------------------------------------------------------------------

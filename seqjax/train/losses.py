@@ -49,8 +49,8 @@ _chunk_loss.defvjp(_chunk_fwd, _chunk_bwd)
 
 
 def full_softmax_loss(hidden: jax.Array, table: jax.Array, targets: jax.Array, weights: jax.Array,
-                      chunk_size: int = 512) -> jax.Array:
-    """Mean softmax cross-entropy over positions with weight > 0.
+                      chunk_size: int = 512, denominator: float | None = None) -> jax.Array:
+    """Mean softmax cross-entropy over positions with weight > 0 (or their sum / `denominator`).
 
     hidden [B, T, D], table [V+1, D] (row 0 = padding, never a candidate), targets [B, T] item ids,
     weights [B, T] (0 on padding).
@@ -70,6 +70,8 @@ def full_softmax_loss(hidden: jax.Array, table: jax.Array, targets: jax.Array, w
     items = table[1:]
     per_chunk = jax.lax.map(lambda args: _chunk_loss(*args, items),
                             (h.reshape(chunks, chunk, d), y.reshape(chunks, chunk), w.reshape(chunks, chunk)))
+    if denominator is not None:
+        return jnp.sum(per_chunk) / denominator
     return jnp.sum(per_chunk) / jnp.maximum(jnp.sum(w), 1.0)
 
 

@@ -58,8 +58,12 @@ def init_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int, r
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    cfg: ExperimentConfig, mesh: Mesh) -> Callable[[State, dict], tuple[State, dict]]:
-    """Returns a jitted `step(state, batch) -> (state, metrics)` that donates the old state."""
+                    cfg: ExperimentConfig, mesh: Mesh, positions_per_batch: float | None = None,
+                    ) -> Callable[[State, dict], tuple[State, dict]]:
+    """Returns a jitted `step(state, batch) -> (state, metrics)` that donates the old state.
+
+    `positions_per_batch` (the epoch's mean) is the loss denominator when train.loss_norm=epoch."""
+    denominator = positions_per_batch if cfg.train.loss_norm == "epoch" else None
     compute_dtype = jnp.dtype(cfg.train.dtype)
 
     def loss_fn(params, batch, key):
@@ -67,7 +71,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
         model = nnx.merge(graphdef, p)
         hidden = model.encode(batch["items"], batch["lengths"], key)
         return full_softmax_loss(hidden, model.item_table(), batch["targets"], batch["weights"],
-                                 cfg.train.loss_chunk)
+                                 cfg.train.loss_chunk, denominator)
 
     def step(state: State, batch: dict) -> tuple[State, dict]:
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"], impl=cfg.train.rng_impl), state["step"])
