@@ -36,12 +36,18 @@ def _prepare(args: argparse.Namespace) -> int:
     return run_prepare(args)
 
 
+def _download(args: argparse.Namespace) -> int:
+    from seqjax.data.download import run_download
+    return run_download(args)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from seqjax.demo import run_demo
     return run_demo(args.out, args.users)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from seqjax.data.download import add_download_arguments
     from seqjax.data.prepare import add_prepare_arguments
     parser = argparse.ArgumentParser(prog="seqjax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="raw interaction log -> cleaned, split ArrayRecord shards")
     add_prepare_arguments(p)
     p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("download", help="fetch a public dataset, or print where to get one that needs a login")
+    add_download_arguments(p)
+    p.set_defaults(func=_download)
 
     p = sub.add_parser("train", help="train a model from a config; re-running resumes")
     p.add_argument("--config", required=True, help="YAML experiment config, e.g. configs/sasrec_tiny.yaml")

@@ -3,6 +3,7 @@
 
     seqjax prepare --format movielens --input ../shared/data/ml100k/u.data --out data/ml100k
     seqjax prepare --format generic --input log.csv --out data/x --split temporal --set valid_cut=q0.8
+    seqjax prepare --format yoochoose --input clicks=yoochoose-clicks.dat --input buys=yoochoose-buys.dat --out data/yc
 
 Every option is a key of `PrepareConfig`: flags and `--set key=value` override a `--config` YAML file.
 `metadata.json` is written last; a DATA_DIR without it is incomplete.
@@ -28,13 +29,19 @@ import yaml
 from seqjax.config import ConfigError, load, to_dict
 from seqjax.data.clean import (Report, RowRules, cap_recent, drop_duplicates, k_core, sort_by_user_time,
                                validate)
-from seqjax.data.formats import FORMATS, Columns, PrepareError, RawTable, read_generic, read_movielens, read_sasrec
+from seqjax.data.formats import (FORMATS, Columns, PrepareError, RawTable, read_cdnow, read_diginetica, read_generic,
+                                 read_movielens, read_otto, read_retailrocket, read_sasrec, read_taobao, read_yoochoose)
 from seqjax.data.schema import EVENT_ALIASES, SCHEMA_VERSION, SPLITS
 from seqjax.data.shards import write_split
 from seqjax.data.split import Split, has_repeats, make_split
 from seqjax.data.timestamps import iso, parse_time
 
-INPUT_ROLES = ("events",)  # today every input is an event log; several are read as one, in the order given
+# Every input is an event log, read as one in the order given; yoochoose's official files are named by role.
+INPUT_ROLES = ("events", "clicks", "buys")
+_ROLE_FORMATS = {"clicks": ("yoochoose",), "buys": ("yoochoose",)}  # roles other than events: who takes them
+_PATH_READERS = {"sasrec": read_sasrec, "movielens": read_movielens, "taobao": read_taobao,
+                 "retailrocket": read_retailrocket, "diginetica": read_diginetica, "otto": read_otto,
+                 "cdnow": read_cdnow}
 _NOT_IN_CHECKSUM = ("out", "inputs", "strict")  # where files live and how errors are reported: not the data
 
 __all__ = ["PrepareConfig", "PrepareError", "prepare", "add_prepare_arguments", "run_prepare", "main"]
@@ -44,8 +51,9 @@ __all__ = ["PrepareConfig", "PrepareError", "prepare", "add_prepare_arguments", 
 class PrepareConfig:
     """How to turn a raw log into a prepared dataset. Times: 'YYYY-MM-DD', ISO-8601 or unix seconds."""
 
-    format: Literal["generic", "sasrec", "movielens"] = "generic"  # input format
-    inputs: tuple[str, ...] = ()  # 'PATH' or 'ROLE=PATH' (role: events); several files are read as one log
+    format: Literal["generic", "sasrec", "movielens", "taobao", "retailrocket", "yoochoose", "diginetica", "otto",
+                    "cdnow"] = "generic"  # input format, see seqjax.data.formats
+    inputs: tuple[str, ...] = ()  # 'PATH' or 'ROLE=PATH' (events; yoochoose: clicks, buys); several are read as one
     out: str = ""  # DATA_DIR to write
     split: Literal["loo", "temporal"] = "loo"  # evaluation protocol, see seqjax.data.split
     valid_cut: str | dt.date = "q0.8"  # temporal: start of validation; a time, or 'q<x>' = quantile of event times
@@ -99,7 +107,7 @@ def prepare(cfg: PrepareConfig, *, command: str | None = None, echo: bool = True
     if not cfg.out:
         raise PrepareError("no output directory (give --out DATA_DIR or out: in the config)")
     inputs = _parse_inputs(cfg.inputs)
-    tables = [_read(cfg, path) for _, path in inputs]
+    tables = [_read(cfg, role, path) for role, path in inputs]
     for t in tables:
         if t.rows_read == 0:
             raise PrepareError(f"input file has no data rows: {t.path}")
@@ -152,11 +160,14 @@ def _parse_inputs(specs: tuple[str, ...]) -> list[tuple[str, str]]:
     return out
 
 
-def _read(cfg: PrepareConfig, path: str) -> RawTable:
-    if cfg.format == "sasrec":
-        return read_sasrec(path)
-    if cfg.format == "movielens":
-        return read_movielens(path)
+def _read(cfg: PrepareConfig, role: str, path: str) -> RawTable:
+    if role != "events" and cfg.format not in _ROLE_FORMATS[role]:
+        raise PrepareError(f"input role {role!r} is for --format {' or '.join(_ROLE_FORMATS[role])}, "
+                           f"not {cfg.format} (give the path alone)")
+    if cfg.format == "yoochoose":
+        return read_yoochoose(path, role)
+    if cfg.format in _PATH_READERS:
+        return _PATH_READERS[cfg.format](path)
     if cfg.format == "generic":
         columns = Columns(cfg.user_col, cfg.item_col, cfg.timestamp_col, cfg.event_col, cfg.category_col)
         delimiter = {"tab": "\t", "\\t": "\t"}.get(cfg.delimiter, cfg.delimiter)
@@ -248,7 +259,8 @@ def _summary(meta: dict, report: Report, out: Path, seconds: float) -> str:
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     """The `seqjax prepare` flags; each is shorthand for a PrepareConfig key."""
-    parser.add_argument("--format", choices=FORMATS, help="input format (generic, sasrec, movielens)")
+    parser.add_argument("--format", choices=FORMATS, metavar="FORMAT",
+                        help="input format: " + ", ".join(FORMATS) + " (see seqjax.data.formats)")
     parser.add_argument("--input", action="append", metavar="[ROLE=]PATH", help="input file; repeat for several")
     parser.add_argument("--out", metavar="DATA_DIR", help="output directory")
     parser.add_argument("--split", choices=("loo", "temporal"), help="evaluation split protocol")

@@ -48,6 +48,9 @@ class RawTable:
     bad_fields: np.ndarray  # int64 [B], how many fields each of those lines had
     expected_fields: int
     blank_lines: int = 0  # empty lines: no data, neither read nor dropped
+    # Money and units, for formats that record them (YooChoose buys, CDNOW); prepare does not use them yet.
+    price: pa.Array | None = None  # string [R] as written; the reader's docstring says unit price or row total
+    quantity: pa.Array | None = None  # string [R] as written: units in the row
 
     @property
     def rows_read(self) -> int:
@@ -147,6 +150,31 @@ def read_delimited(path: Path, sep: str | None, columns: dict[str, int], expecte
     out.update(line=_cat_int(line_parts), bad_lines=_cat_int(bad_parts), bad_fields=_cat_int(bad_field_parts),
                expected_fields=expected_fields, blank_lines=blank)
     return out
+
+
+def make_table(path: Path, fields: dict) -> RawTable:
+    """A RawTable from `read_delimited` output keyed by RawTable field names; absent columns are None."""
+    columns = {name: fields.pop(name, None) for name in ("timestamp", "event", "category", "price", "quantity")}
+    return RawTable(path=str(path), user=fields.pop("user"), item=fields.pop("item"), **columns, **fields)
+
+
+def column_positions(path: Path, header: list[str], wanted: dict[str, str]) -> dict[str, int]:
+    """role -> index in `header` of the column named `wanted[role]`; a missing one is a PrepareError."""
+    position = {name: i for i, name in enumerate(header)}
+    for name in wanted.values():
+        if name not in position:
+            raise PrepareError(f"{path}: missing column '{name}' (has: {', '.join(header)})")
+    return {role: position[name] for role, name in wanted.items()}
+
+
+def looks_like_header(first_line: str) -> bool:
+    """For formats whose header is optional: data rows always hold digits (ids, times), column names none."""
+    return not any(c.isdigit() for c in first_line)
+
+
+def constant(text: str, n: int) -> pa.Array:
+    """large_string [n], every value `text` (a column the format implies, such as CDNOW's event type)."""
+    return pa.repeat(pa.scalar(text, pa.large_string()), n)
 
 
 def first_nonblank_line(path: Path) -> str:
