@@ -25,23 +25,30 @@ class SASRecConfig:
     dropout: float = 0.2  # on embeddings, attention output and feed-forward
     ffn_mult: int = 1  # feed-forward width = ffn_mult * dim (the paper uses dim)
     shared_embeddings: bool = True  # score items with the input embedding table
+    linear_init_std: float = 0.0  # std of the normal init of every dense kernel; 0 = LeCun normal
+    # (flax's default). 0.02 is the BERT/GPT-2 init that K&V's SASRec+ uses: small residual branches at
+    # the start, so the item embeddings dominate the residual stream early in training.
 
     def validate(self) -> None:
         if self.dim % self.heads:
             raise ValueError(f"model.sasrec.dim={self.dim} is not divisible by model.sasrec.heads={self.heads}")
+        if self.linear_init_std < 0:
+            raise ValueError(f"model.sasrec.linear_init_std={self.linear_init_std} must be >= 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.sasrec.dropout={self.dropout} must be in [0, 1)")
 
 
 class Block(nnx.Module):
-    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, *, rngs: nnx.Rngs):
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, init_std: float, *, rngs: nnx.Rngs):
         self.heads = heads
+        init = nnx.initializers.normal(init_std) if init_std > 0 else nnx.initializers.lecun_normal()
+        linear = lambda i, o: nnx.Linear(i, o, kernel_init=init, rngs=rngs)
         self.norm_attn = nnx.LayerNorm(dim, rngs=rngs)
-        self.qkv = nnx.Linear(dim, 3 * dim, rngs=rngs)
-        self.out = nnx.Linear(dim, dim, rngs=rngs)
+        self.qkv = linear(dim, 3 * dim)
+        self.out = linear(dim, dim)
         self.norm_ffn = nnx.LayerNorm(dim, rngs=rngs)
-        self.ffn_in = nnx.Linear(dim, ffn_dim, rngs=rngs)
-        self.ffn_out = nnx.Linear(ffn_dim, dim, rngs=rngs)
+        self.ffn_in = linear(dim, ffn_dim)
+        self.ffn_out = linear(ffn_dim, dim)
         self.drop = nnx.Dropout(dropout)
 
     def __call__(self, x: jax.Array, lengths: jax.Array, keys: jax.Array | None,
@@ -67,7 +74,7 @@ class SASRec(NextItemModel):
         self.pos_embed = nnx.Embed(max_len, cfg.dim, embedding_init=init, rngs=rngs)
         self.output_embed = None if cfg.shared_embeddings else nnx.Embed(
             num_items + 1, cfg.dim, embedding_init=init, rngs=rngs)
-        self.blocks = nnx.List([Block(cfg.dim, cfg.heads, cfg.ffn_mult * cfg.dim, cfg.dropout, rngs=rngs)
+        self.blocks = nnx.List([Block(cfg.dim, cfg.heads, cfg.ffn_mult * cfg.dim, cfg.dropout, cfg.linear_init_std, rngs=rngs)
                                 for _ in range(cfg.blocks)])
         self.final_norm = nnx.LayerNorm(cfg.dim, rngs=rngs)
         self.drop = nnx.Dropout(cfg.dropout)
