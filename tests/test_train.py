@@ -149,12 +149,23 @@ def test_attention_setting_on_a_model_without_attention_warns(tiny_data):
         tiny_config(tiny_data, "model.kind=pop", "model.attention=xla")
 
 
-@pytest.mark.parametrize("kind", ["gru4rec", "lstm"])
-def test_recurrent_kinds_train_through_the_same_loop(kind, tiny_data, tmp_path):
+NEURAL_KIND_OVERRIDES = {"gru4rec": [], "lstm": [], "bert4rec": ["model.bert4rec.dim=16", "model.bert4rec.blocks=1"]}
+
+
+@pytest.mark.parametrize("kind", sorted(NEURAL_KIND_OVERRIDES))
+def test_neural_kinds_train_through_the_same_loop_and_resume_exactly(kind, tiny_data, tmp_path):
+    """Two epochs at once, and one epoch then a resumed second (BERT4Rec: masks drawn again from
+    (seed, epoch, batch)), end with identical parameters."""
     from seqjax.evaluation.evaluate import evaluate
-    summary = train(tiny_config(tiny_data, f"model.kind={kind}", "train.epochs=2"), tmp_path)
+    sets = [f"model.kind={kind}", *NEURAL_KIND_OVERRIDES[kind]]
+    summary = train(tiny_config(tiny_data, *sets, "train.epochs=2"), tmp_path / "straight")
     assert summary["epochs"] == 2 and summary["best_valid"]["NDCG@10"] > 0.0
-    assert evaluate(tmp_path, "test")["protocol"]["model"] == kind
+    assert evaluate(tmp_path / "straight", "test")["protocol"]["model"] == kind
+    train(tiny_config(tiny_data, *sets, "train.epochs=1"), tmp_path / "resumed")
+    train(tiny_config(tiny_data, *sets, "train.epochs=2"), tmp_path / "resumed", allow_config_change=True)
+    for a, b in zip(jax.tree.leaves(_params(tmp_path / "straight")[1]),
+                    jax.tree.leaves(_params(tmp_path / "resumed")[1]), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_blockwise_attention_trains_like_reference(tiny_data, tmp_path):

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 import grain
 import numpy as np
 
+from seqjax.data.masking import MaskSpec, cloze_rows, mask_batch, mask_rng
 from seqjax.data.schema import PAD_ID, SequenceRecord, decode_record
 from seqjax.data.shards import split_paths
 
@@ -49,10 +50,12 @@ class TrainBatchSpec:
     seed: int
     buckets: tuple[int, ...] = ()  # padded lengths; () means default_buckets(max_len)
     sort_window: int = 32  # batches per length-sorting window (more: less padding, less randomness)
+    mask: MaskSpec | None = None  # cloze (BERT4Rec) batches: each row's last max_len items, some masked
 
 
 class TrainBatches:
-    """Next-item training batches: items [B, T], targets [B, T] (inputs shifted by one), weights, lengths."""
+    """Next-item training batches: items [B, T], targets [B, T] (inputs shifted by one), weights, lengths;
+    or, with `spec.mask`, cloze batches: masked items, the original items as targets where masked."""
 
     def __init__(self, data_dir: str | os.PathLike, spec: TrainBatchSpec):
         self.spec = spec
@@ -60,9 +63,10 @@ class TrainBatches:
         if self.buckets[-1] != spec.max_len:
             raise ValueError(f"the largest length bucket {self.buckets[-1]} must equal max_len {spec.max_len}")
         self.records = records(data_dir, "train")
-        # Number of training positions per record: len - 1, at most max_len. Users with < 2 events
-        # have no next-item target and are left out.
-        positions = np.array([min(len(r.items) - 1, spec.max_len) for r in self._all_records()], np.int64)
+        # Number of input positions per record: len - 1 (next item) or len (cloze), at most max_len.
+        # Users with no position (< 2 events for next item) are left out.
+        shift = 0 if spec.mask else 1
+        positions = np.array([min(len(r.items) - shift, spec.max_len) for r in self._all_records()], np.int64)
         self.indices = np.flatnonzero(positions > 0)
         self.positions = positions[self.indices]
         self.num_users = len(self.indices)
@@ -93,9 +97,15 @@ class TrainBatches:
     def padded_length(self, n: int) -> int:
         return next(b for b in self.buckets if b >= n)
 
-    def make_batch(self, record_ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Collates records into right-padded arrays; missing rows (last batch) get weight 0."""
+    def make_batch(self, record_ids: np.ndarray, epoch: int = 0, batch_index: int = 0) -> dict[str, np.ndarray]:
+        """Collates records into right-padded arrays; missing rows (last batch) get weight 0.
+
+        Cloze masks are drawn from (seed, epoch, batch_index), the batch's index in the epoch's plan."""
         b, t_max = self.spec.batch_size, self.spec.max_len
+        if self.spec.mask is not None:
+            rows = [cloze_rows(self.records[int(i)].items, t_max) for i in record_ids]
+            return mask_batch(rows, self.spec.mask, mask_rng(self.spec.seed, epoch, batch_index), batch_size=b,
+                              width=self.padded_length(max(len(r) for r in rows)))
         seqs = [self.records[int(i)].items[-(t_max + 1):] for i in record_ids]
         t = self.padded_length(max(len(s) - 1 for s in seqs))
         items = np.full((b, t), PAD_ID, np.int32)
@@ -111,8 +121,9 @@ class TrainBatches:
 
     def epoch(self, epoch: int, start_batch: int = 0, num_threads: int = 2) -> Iterator[dict[str, np.ndarray]]:
         """Batches of `epoch` from `start_batch` on, prefetched by Grain reader threads, in plan order."""
-        plan = self.plan(epoch)[start_batch:]
-        ds = grain.MapDataset.source(plan).map(self.make_batch)
+        plan = self.plan(epoch)
+        ds = grain.MapDataset.source(list(range(start_batch, len(plan)))).map(
+            lambda i: self.make_batch(plan[i], epoch, i))
         return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=8)))
 
 

@@ -13,8 +13,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from seqjax.models.attention import Implementation, attention
+from seqjax.models.attention import Implementation
 from seqjax.models.next_item import NextItemModel
+from seqjax.models.transformer import Block
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,32 +39,6 @@ class SASRecConfig:
             raise ValueError(f"model.sasrec.dropout={self.dropout} must be in [0, 1)")
 
 
-class Block(nnx.Module):
-    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, init_std: float, *, rngs: nnx.Rngs):
-        self.heads = heads
-        init = nnx.initializers.normal(init_std) if init_std > 0 else nnx.initializers.lecun_normal()
-        linear = lambda i, o: nnx.Linear(i, o, kernel_init=init, rngs=rngs)
-        self.norm_attn = nnx.LayerNorm(dim, rngs=rngs)
-        self.qkv = linear(dim, 3 * dim)
-        self.out = linear(dim, dim)
-        self.norm_ffn = nnx.LayerNorm(dim, rngs=rngs)
-        self.ffn_in = linear(dim, ffn_dim)
-        self.ffn_out = linear(ffn_dim, dim)
-        self.drop = nnx.Dropout(dropout)
-
-    def __call__(self, x: jax.Array, lengths: jax.Array, keys: jax.Array | None,
-                 implementation: Implementation) -> jax.Array:
-        b, t, d = x.shape
-        train = keys is not None
-        q, k, v = jnp.split(self.qkv(self.norm_attn(x)), 3, axis=-1)
-        split = lambda a: a.reshape(b, t, self.heads, d // self.heads)
-        a = attention(split(q), split(k), split(v), lengths, causal=True, implementation=implementation)
-        a = self.out(a.reshape(b, t, d))
-        x = x + self.drop(a, deterministic=not train, rngs=keys[0] if train else None)
-        h = self.ffn_out(jax.nn.relu(self.ffn_in(self.norm_ffn(x))))  # ReLU, as in the paper
-        return x + self.drop(h, deterministic=not train, rngs=keys[1] if train else None)
-
-
 class SASRec(NextItemModel):
     def __init__(self, num_items: int, max_len: int, cfg: SASRecConfig, *, rngs: nnx.Rngs,
                  attention_impl: Implementation = "reference"):
@@ -74,7 +49,9 @@ class SASRec(NextItemModel):
         self.pos_embed = nnx.Embed(max_len, cfg.dim, embedding_init=init, rngs=rngs)
         self.output_embed = None if cfg.shared_embeddings else nnx.Embed(
             num_items + 1, cfg.dim, embedding_init=init, rngs=rngs)
-        self.blocks = nnx.List([Block(cfg.dim, cfg.heads, cfg.ffn_mult * cfg.dim, cfg.dropout, cfg.linear_init_std, rngs=rngs)
+        self.blocks = nnx.List([Block(cfg.dim, cfg.heads, cfg.ffn_mult * cfg.dim, cfg.dropout, causal=True,
+                                      activation=jax.nn.relu,  # ReLU, as in the paper
+                                      init_std=cfg.linear_init_std, rngs=rngs)
                                 for _ in range(cfg.blocks)])
         self.final_norm = nnx.LayerNorm(cfg.dim, rngs=rngs)
         self.drop = nnx.Dropout(cfg.dropout)

@@ -8,12 +8,13 @@ from typing import Literal
 
 from seqjax.config import ConfigError
 from seqjax.models.baselines import ItemKNNConfig, MarkovConfig, PopularityConfig
+from seqjax.models.bert4rec import BERT4RecConfig
 from seqjax.models.recurrent import GRU4RecConfig, LSTMConfig
 from seqjax.models.sasrec import SASRecConfig
 
-NEURAL_KINDS = ("sasrec", "gru4rec", "lstm")
+NEURAL_KINDS = ("sasrec", "bert4rec", "gru4rec", "lstm")
 COUNT_KINDS = ("pop", "markov", "itemknn")  # fitted in one pass, no epochs, no checkpoints
-ATTENTION_KINDS = ("sasrec",)
+ATTENTION_KINDS = ("sasrec", "bert4rec")
 NO_CUDNN_KINDS: dict[str, str] = {}  # kind -> its attention, for kinds whose attention cuDNN cannot run
 
 
@@ -30,10 +31,11 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    kind: Literal["sasrec", "gru4rec", "lstm", "pop", "markov", "itemknn"] = "sasrec"  # which model to train
+    kind: Literal["sasrec", "bert4rec", "gru4rec", "lstm", "pop", "markov", "itemknn"] = "sasrec"  # which model to train
     attention: Literal["reference", "blockwise", "cudnn", "xla"] = "reference"  # attention implementation
     # (attention models); cudnn: GPU only, bfloat16, head dim a multiple of 8 up to 128 (256 on Hopper)
     sasrec: SASRecConfig = SASRecConfig()
+    bert4rec: BERT4RecConfig = BERT4RecConfig()
     gru4rec: GRU4RecConfig = GRU4RecConfig()
     lstm: LSTMConfig = LSTMConfig()
     pop: PopularityConfig = PopularityConfig()

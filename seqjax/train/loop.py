@@ -21,13 +21,20 @@ import numpy as np
 from tqdm import tqdm
 
 from seqjax import sharding
+from seqjax.data.masking import MaskSpec
 from seqjax.data.pipeline import TrainBatches, TrainBatchSpec
 from seqjax.evaluation.ranking import ranking_metrics
 from seqjax.evaluation.scoring import make_rank_fn, neural_ranker, rank_split
 from seqjax.train import run_dir
 from seqjax.train.checkpoint import CheckpointStore, manifest_problem
 from seqjax.train.config import COUNT_KINDS, ExperimentConfig
-from seqjax.train.step import learning_rate, make_train_step, optimizer, put_batch, state_factory
+from seqjax.train.step import (
+    learning_rate,
+    make_train_step,
+    optimizer,
+    put_batch,
+    state_factory,
+)
 from seqjax.train.tensorboard import ScalarWriter
 
 
@@ -56,8 +63,12 @@ class Trainer:
         self.metadata = run_dir.load_metadata(cfg.data.path)
         run_dir.bind(self.workdir, cfg, self.metadata, allow_config_change)
         self.mesh = sharding.make_mesh(cfg.train.num_devices)
+        mask = None
+        if cfg.model.kind == "bert4rec":  # cloze batches, masked in the pipeline
+            b4r = cfg.model.bert4rec
+            mask = MaskSpec(self.metadata["num_items"] + 1, b4r.mask_prob, b4r.mask_last_prob)
         self.batches = TrainBatches(cfg.data.path, TrainBatchSpec(
-            cfg.data.batch_size, cfg.data.max_len, cfg.train.seed, cfg.data.buckets, cfg.data.sort_window))
+            cfg.data.batch_size, cfg.data.max_len, cfg.train.seed, cfg.data.buckets, cfg.data.sort_window, mask))
         self.steps_per_epoch = self.batches.batches_per_epoch
         self.schedule = learning_rate(cfg, cfg.train.epochs * self.steps_per_epoch)
         self.tx = optimizer(cfg, self.schedule)
@@ -93,6 +104,9 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         state, progress, resumed = self._restore()
+        if progress.stopped and self._limit_raised(progress, int(state["step"])):
+            print(f"continuing a run that had {progress.stopped}: the config now allows more", flush=True)
+            progress.stopped = ""
         if progress.stopped:
             print(f"run in {self.workdir} already finished ({progress.stopped}); nothing to do", flush=True)
             return self._summary(progress)
@@ -104,6 +118,16 @@ class Trainer:
         finally:
             tb.close()
         return self._summary(progress)
+
+    def _limit_raised(self, progress: Progress, step: int) -> bool:
+        """A run stopped by its epoch or step limit goes on when a (--allow-config-change) config raises
+        that limit; an early stop or divergence stays final."""
+        t = self.cfg.train
+        if progress.stopped.startswith("reached train.epochs="):
+            return progress.epoch < t.epochs
+        if progress.stopped.startswith("reached train.max_steps="):
+            return t.max_steps == 0 or step < t.max_steps
+        return False
 
     def _epochs(self, state: dict, progress: Progress, tb: ScalarWriter) -> tuple[dict, Progress]:
         cfg = self.cfg

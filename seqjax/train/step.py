@@ -16,6 +16,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from seqjax import sharding
+from seqjax.models.bert4rec import BERT4Rec
 from seqjax.models.recurrent import GRU4Rec, LSTMRec
 from seqjax.models.sasrec import SASRec
 from seqjax.train.config import ExperimentConfig
@@ -25,7 +26,7 @@ State = dict[str, Any]
 BATCH_KEYS = ("items", "targets", "weights", "lengths")
 
 
-MODELS = {"sasrec": SASRec, "gru4rec": GRU4Rec, "lstm": LSTMRec}
+MODELS = {"sasrec": SASRec, "bert4rec": BERT4Rec, "gru4rec": GRU4Rec, "lstm": LSTMRec}
 
 
 def build_model(cfg: ExperimentConfig, num_items: int, seed: int) -> nnx.Module:
