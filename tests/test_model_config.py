@@ -57,3 +57,11 @@ def test_cudnn_on_this_cpu_machine_fails_at_load():
         warnings.simplefilter("error")
         with pytest.raises(config_lib.ConfigError, match="model.attention=cudnn"):
             load("model.attention=cudnn", "train.dtype=bfloat16")
+
+
+def test_hstu_refuses_attention_it_has_no_kernel_for():
+    with pytest.raises(config_lib.ConfigError, match="model.kind=hstu uses pointwise SiLU attention"):
+        check_cudnn(with_cudnn(load("model.kind=hstu", "train.dtype=bfloat16")), backend="gpu")
+    with pytest.raises(config_lib.ConfigError, match="model.attention=xla: model.kind=hstu"):
+        load("model.kind=hstu", "model.attention=xla")
+    assert load("model.kind=hstu", "model.attention=blockwise").model.attention == "blockwise"

@@ -53,3 +53,13 @@ def test_eval_batches_keep_full_history_and_targets(tiny_data):
             assert batch["targets"][row] == rec.target
             seen += 1
     assert seen == len(valid)
+
+
+def test_target_counts_count_exactly_the_trained_targets(tiny_data):
+    spec = TrainBatchSpec(batch_size=32, max_len=20, seed=0, buckets=(8, 20), sort_window=4)
+    tb = TrainBatches(tiny_data, spec)
+    num_items = int(max(int(tb.records[i].items.max()) for i in range(len(tb.records))))
+    counts = np.zeros(num_items + 1, np.int64)
+    for batch in tb.epoch(0):  # every training target of one epoch, as the loss sees it
+        np.add.at(counts, batch["targets"][batch["weights"] > 0], 1)
+    np.testing.assert_array_equal(tb.target_counts(num_items), counts)

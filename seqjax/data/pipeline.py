@@ -94,19 +94,30 @@ class TrainBatches:
         full += [rest[i:i + self.spec.batch_size] for i in range(0, len(rest), self.spec.batch_size)]
         return [self.indices[full[i]] for i in rng.permutation(len(full))]
 
+    def target_counts(self, num_items: int) -> np.ndarray:
+        """int64 [num_items + 1]: how often each item is a training target. A record's targets are its
+        last `positions` items (next item: all but the first kept event; cloze: every kept event)."""
+        kept = [self.records[int(i)].items[-int(n):] for i, n in zip(self.indices, self.positions)]
+        return np.bincount(np.concatenate(kept), minlength=num_items + 1).astype(np.int64)
+
     def padded_length(self, n: int) -> int:
         return next(b for b in self.buckets if b >= n)
 
     def make_batch(self, record_ids: np.ndarray, epoch: int = 0, batch_index: int = 0) -> dict[str, np.ndarray]:
         """Collates records into right-padded arrays; missing rows (last batch) get weight 0.
 
-        Cloze masks are drawn from (seed, epoch, batch_index), the batch's index in the epoch's plan."""
+        Cloze masks are drawn from (seed, epoch, batch_index), the batch's index in the epoch's plan.
+        `timestamps` are the input events' times relative to each row's first event (int32 seconds)."""
         b, t_max = self.spec.batch_size, self.spec.max_len
+        recs = [self.records[int(i)] for i in record_ids]
         if self.spec.mask is not None:
-            rows = [cloze_rows(self.records[int(i)].items, t_max) for i in record_ids]
-            return mask_batch(rows, self.spec.mask, mask_rng(self.spec.seed, epoch, batch_index), batch_size=b,
-                              width=self.padded_length(max(len(r) for r in rows)))
-        seqs = [self.records[int(i)].items[-(t_max + 1):] for i in record_ids]
+            rows = [cloze_rows(r.items, t_max) for r in recs]
+            t = self.padded_length(max(len(r) for r in rows))
+            batch = mask_batch(rows, self.spec.mask, mask_rng(self.spec.seed, epoch, batch_index), batch_size=b,
+                               width=t)
+            batch["timestamps"] = rebased_times([r.timestamps[-t_max:] for r in recs], b, t)
+            return batch
+        seqs = [r.items[-(t_max + 1):] for r in recs]
         t = self.padded_length(max(len(s) - 1 for s in seqs))
         items = np.full((b, t), PAD_ID, np.int32)
         targets = np.full((b, t), PAD_ID, np.int32)
@@ -117,7 +128,8 @@ class TrainBatches:
             targets[row, :n] = s[1:]
             lengths[row] = n
         weights = (targets != PAD_ID).astype(np.float32)
-        return {"items": items, "targets": targets, "weights": weights, "lengths": lengths}
+        times = rebased_times([r.timestamps[-(t_max + 1):-1] for r in recs], b, t)
+        return {"items": items, "targets": targets, "weights": weights, "lengths": lengths, "timestamps": times}
 
     def epoch(self, epoch: int, start_batch: int = 0, num_threads: int = 2) -> Iterator[dict[str, np.ndarray]]:
         """Batches of `epoch` from `start_batch` on, prefetched by Grain reader threads, in plan order."""
@@ -125,6 +137,16 @@ class TrainBatches:
         ds = grain.MapDataset.source(list(range(start_batch, len(plan)))).map(
             lambda i: self.make_batch(plan[i], epoch, i))
         return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=8)))
+
+
+def rebased_times(rows: Sequence[np.ndarray], batch_size: int, width: int) -> np.ndarray:
+    """int32 [batch_size, width]: each row's unix times minus its first, 0 on padding. Only differences
+    matter to relative time biases, and rebasing keeps them exact in int32 (JAX's default)."""
+    out = np.zeros((batch_size, width), np.int32)
+    for r, ts in enumerate(rows):
+        if len(ts):
+            out[r, :len(ts)] = np.minimum(ts - ts[0], np.iinfo(np.int32).max)
+    return out
 
 
 def _pad_rows(rows: Sequence[np.ndarray], width: int) -> np.ndarray:
@@ -152,6 +174,7 @@ def eval_batches(data_dir: str | os.PathLike, split: str, batch_size: int, max_l
         yield {
             "items": _pad_rows(inputs, max_len),
             "lengths": np.array([len(s) for s in inputs], np.int32),
+            "timestamps": rebased_times([r.timestamps[-max_len:] for r in recs], batch_size, max_len),
             "history": _pad_rows(hist, hist_width),
             "targets": np.array([r.target for r in recs] + [0] * pad, np.int32),
             "users": np.array([r.user for r in recs] + [-1] * pad, np.int64),

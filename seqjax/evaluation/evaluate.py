@@ -15,7 +15,7 @@ from seqjax.evaluation.scoring import count_model_ranker, make_rank_fn, neural_r
 from seqjax.train import run_dir
 from seqjax.train.config import COUNT_KINDS, ExperimentConfig
 from seqjax.train.loop import checkpoint_store
-from seqjax.train.step import learning_rate, optimizer, state_factory
+from seqjax.train.step import learning_rate, optimizer, state_factory, uses_timestamps
 
 
 def _choose_step(store, checkpoint: str) -> tuple[int, str]:
@@ -91,7 +91,8 @@ def _neural_ranker(workdir: Path, cfg: ExperimentConfig, metadata: dict[str, Any
     store = checkpoint_store(workdir, cfg)
     step, how = _choose_step(store, checkpoint)
     restored_step, state, meta = store.restore(abstract, step=step)
-    rank_batch = neural_ranker(make_rank_fn(graphdef, mesh, filter_seen), state["params"])
+    rank_fn = make_rank_fn(graphdef, mesh, filter_seen, uses_timestamps(cfg, metadata))
+    rank_batch = neural_ranker(rank_fn, state["params"])
     return rank_batch, {"step": restored_step, "epoch": meta["progress"]["epoch"], "chosen": how}
 
 

@@ -16,18 +16,19 @@ from seqjax.data.pipeline import eval_batches
 from seqjax.evaluation.ranking import target_ranks
 
 
-def make_rank_fn(graphdef: nnx.GraphDef, mesh: Mesh, filter_seen: bool) -> Callable:
-    """jitted (params, items, lengths, history, targets) -> (ranks [B], target scores [B])."""
-    def rank(params, items, lengths, history, targets):
+def make_rank_fn(graphdef: nnx.GraphDef, mesh: Mesh, filter_seen: bool, use_timestamps: bool = False) -> Callable:
+    """jitted (params, items, lengths, history, targets, timestamps) -> (ranks [B], target scores [B])."""
+    def rank(params, items, lengths, history, targets, timestamps):
         model = nnx.merge(graphdef, params)
-        user = model.last_hidden(items, lengths)  # [B, D]
+        extra = {"timestamps": timestamps} if use_timestamps else {}
+        user = model.last_hidden(items, lengths, **extra)  # [B, D]
         scores = jnp.einsum("bd,vd->bv", user, model.item_table(), preferred_element_type=jnp.float32)
         ranks = target_ranks(scores, targets, history, filter_seen)
         target_scores = jnp.take_along_axis(scores, jnp.maximum(targets, 0)[:, None], axis=1)[:, 0]
         return ranks, target_scores
 
     batch = sharding.logical(mesh, "batch")
-    return jax.jit(rank, in_shardings=(sharding.replicated(mesh), batch, batch, batch, batch),
+    return jax.jit(rank, in_shardings=(sharding.replicated(mesh), batch, batch, batch, batch, batch),
                    out_shardings=(batch, batch))
 
 
@@ -48,7 +49,7 @@ def rank_split(rank_batch: Callable[[dict], tuple], data_dir: str | os.PathLike,
 
 
 def neural_ranker(rank_fn: Callable, params) -> Callable[[dict], tuple]:
-    return lambda b: rank_fn(params, b["items"], b["lengths"], b["history"], b["targets"])
+    return lambda b: rank_fn(params, b["items"], b["lengths"], b["history"], b["targets"], b["timestamps"])
 
 
 def count_model_ranker(model, filter_seen: bool) -> Callable[[dict], tuple]:

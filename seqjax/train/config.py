@@ -9,13 +9,16 @@ from typing import Literal
 from seqjax.config import ConfigError
 from seqjax.models.baselines import ItemKNNConfig, MarkovConfig, PopularityConfig
 from seqjax.models.bert4rec import BERT4RecConfig
+from seqjax.models.hstu import HSTUConfig
 from seqjax.models.recurrent import GRU4RecConfig, LSTMConfig
 from seqjax.models.sasrec import SASRecConfig
+from seqjax.train.sampled_losses import LossConfig
 
-NEURAL_KINDS = ("sasrec", "bert4rec", "gru4rec", "lstm")
+NEURAL_KINDS = ("sasrec", "bert4rec", "hstu", "gru4rec", "lstm")
 COUNT_KINDS = ("pop", "markov", "itemknn")  # fitted in one pass, no epochs, no checkpoints
-ATTENTION_KINDS = ("sasrec", "bert4rec")
-NO_CUDNN_KINDS: dict[str, str] = {}  # kind -> its attention, for kinds whose attention cuDNN cannot run
+ATTENTION_KINDS = ("sasrec", "bert4rec", "hstu")
+# kind -> its attention, for kinds whose attention cuDNN (and jax.nn.dot_product_attention) cannot run
+NO_CUDNN_KINDS = {"hstu": "pointwise SiLU attention with relative position/time biases"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,11 +34,12 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    kind: Literal["sasrec", "bert4rec", "gru4rec", "lstm", "pop", "markov", "itemknn"] = "sasrec"  # which model to train
+    kind: Literal["sasrec", "bert4rec", "hstu", "gru4rec", "lstm", "pop", "markov", "itemknn"] = "sasrec"  # which model to train
     attention: Literal["reference", "blockwise", "cudnn", "xla"] = "reference"  # attention implementation
     # (attention models); cudnn: GPU only, bfloat16, head dim a multiple of 8 up to 128 (256 on Hopper)
     sasrec: SASRecConfig = SASRecConfig()
     bert4rec: BERT4RecConfig = BERT4RecConfig()
+    hstu: HSTUConfig = HSTUConfig()
     gru4rec: GRU4RecConfig = GRU4RecConfig()
     lstm: LSTMConfig = LSTMConfig()
     pop: PopularityConfig = PopularityConfig()
@@ -70,6 +74,7 @@ class TrainConfig:
     loss_norm: Literal["batch", "epoch"] = "batch"  # divide each batch's summed loss by its own real
     # positions (batch), or by the epoch's mean positions per batch (epoch: every position weighs the
     # same, as with unsorted batches, although length-sorted batches differ in size)
+    loss: LossConfig = LossConfig()  # full softmax, or a sampled loss for large catalogues
     loss_chunk: int = 512  # positions scored at once by the full-softmax loss (small chunks stay in cache)
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype (parameters stay float32)
     num_devices: int = 1  # devices on the data-parallel mesh axis; batch_size must divide by it
@@ -97,6 +102,9 @@ class ExperimentConfig:
                           "has no attention", stacklevel=2)
         if self.model.attention == "cudnn" and self.model.kind in ATTENTION_KINDS:
             check_cudnn(self)
+        if self.model.kind in NO_CUDNN_KINDS and self.model.attention == "xla":
+            raise ConfigError(f"model.attention=xla: model.kind={self.model.kind} uses "
+                              f"{NO_CUDNN_KINDS[self.model.kind]}; use reference or blockwise")
         if self.data.batch_size % self.train.num_devices:
             raise ConfigError(f"data.batch_size={self.data.batch_size} does not divide by "
                               f"train.num_devices={self.train.num_devices}")

@@ -28,12 +28,14 @@ from seqjax.evaluation.scoring import make_rank_fn, neural_ranker, rank_split
 from seqjax.train import run_dir
 from seqjax.train.checkpoint import CheckpointStore, manifest_problem
 from seqjax.train.config import COUNT_KINDS, ExperimentConfig
+from seqjax.train.sampled_losses import popularity_from_counts
 from seqjax.train.step import (
     learning_rate,
     make_train_step,
     optimizer,
     put_batch,
     state_factory,
+    uses_timestamps,
 )
 from seqjax.train.tensorboard import ScalarWriter
 
@@ -75,9 +77,14 @@ class Trainer:
         self.graphdef, self._create, self.abstract_state = state_factory(
             cfg, self.metadata["num_items"], self.tx, self.mesh)
         self.store = checkpoint_store(self.workdir, cfg)
+        times = uses_timestamps(cfg, self.metadata)
+        cfg.train.loss.validate(self.metadata["num_items"])
+        popularity = None
+        if cfg.train.loss.needs_popularity:  # training targets' counts: what the sampled loss corrects for
+            popularity = popularity_from_counts(self.batches.target_counts(self.metadata["num_items"]))
         self.step_fn = make_train_step(self.graphdef, self.tx, self.schedule, cfg, self.mesh,
-                                       self.batches.positions_per_batch)
-        self.rank_fn = make_rank_fn(self.graphdef, self.mesh, run_dir.filter_seen(cfg, self.metadata))
+                                       self.batches.positions_per_batch, times, popularity)
+        self.rank_fn = make_rank_fn(self.graphdef, self.mesh, run_dir.filter_seen(cfg, self.metadata), times)
 
     # -- state -------------------------------------------------------------------------------
     def _restore(self) -> tuple[dict, Progress, bool]:

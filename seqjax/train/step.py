@@ -17,22 +17,28 @@ from jax.sharding import Mesh
 
 from seqjax import sharding
 from seqjax.models.bert4rec import BERT4Rec
+from seqjax.models.hstu import HSTU
 from seqjax.models.recurrent import GRU4Rec, LSTMRec
 from seqjax.models.sasrec import SASRec
 from seqjax.train.config import ExperimentConfig
-from seqjax.train.losses import full_softmax_loss
+from seqjax.train.sampled_losses import Popularity, make_loss
 
 State = dict[str, Any]
-BATCH_KEYS = ("items", "targets", "weights", "lengths")
 
 
-MODELS = {"sasrec": SASRec, "bert4rec": BERT4Rec, "gru4rec": GRU4Rec, "lstm": LSTMRec}
+MODELS = {"sasrec": SASRec, "bert4rec": BERT4Rec, "hstu": HSTU, "gru4rec": GRU4Rec, "lstm": LSTMRec}
+TIME_AWARE_KINDS = ("hstu",)
 
 
 def build_model(cfg: ExperimentConfig, num_items: int, seed: int) -> nnx.Module:
     """The active kind's model; all share encode / item_table / last_hidden."""
     return MODELS[cfg.model.kind](num_items, cfg.data.max_len, getattr(cfg.model, cfg.model.kind),
                                   rngs=nnx.Rngs(seed), attention_impl=cfg.model.attention)
+
+
+def uses_timestamps(cfg: ExperimentConfig, metadata: dict) -> bool:
+    """Time-aware encoders (HSTU's relative time bias) get event times when the data has them."""
+    return cfg.model.kind in TIME_AWARE_KINDS and bool(metadata.get("has_timestamps"))
 
 
 def learning_rate(cfg: ExperimentConfig, total_steps: int) -> optax.Schedule:
@@ -60,23 +66,31 @@ def init_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int, r
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     cfg: ExperimentConfig, mesh: Mesh, positions_per_batch: float | None = None,
+                    use_timestamps: bool = False, popularity: Popularity | None = None,
                     ) -> Callable[[State, dict], tuple[State, dict]]:
-    """Returns a jitted `step(state, batch) -> (state, metrics)` that donates the old state.
+    """Returns `step(state, batch) -> (state, metrics)`, jitted, donating the old state.
 
-    `positions_per_batch` (the epoch's mean) is the loss denominator when train.loss_norm=epoch."""
+    `positions_per_batch` (the epoch's mean) is the loss denominator when train.loss_norm=epoch;
+    `use_timestamps` passes the batch's event times to the encoder (see `uses_timestamps`);
+    `popularity` (training item counts) is for losses that sample by or correct for popularity. It is
+    a replicated argument of the jitted step, not a closure, so it is not baked into the program."""
     denominator = positions_per_batch if cfg.train.loss_norm == "epoch" else None
     compute_dtype = jnp.dtype(cfg.train.dtype)
 
-    def loss_fn(params, batch, key):
+    loss_impl = make_loss(cfg.train.loss, cfg.train.loss_chunk, denominator)
+
+    def loss_fn(params, batch, key, popularity):
         p = jax.tree.map(lambda x: x.astype(compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
         model = nnx.merge(graphdef, p)
-        hidden = model.encode(batch["items"], batch["lengths"], key)
-        return full_softmax_loss(hidden, model.item_table(), batch["targets"], batch["weights"],
-                                 cfg.train.loss_chunk, denominator)
+        extra = {"timestamps": batch["timestamps"]} if use_timestamps else {}
+        hidden = model.encode(batch["items"], batch["lengths"], key, **extra)
+        # The loss draws from its own stream; the encoder's dropout keeps `key` as before.
+        return loss_impl(hidden, model.item_table(), batch["targets"], batch["weights"],
+                         jax.random.fold_in(key, 1), popularity)
 
-    def step(state: State, batch: dict) -> tuple[State, dict]:
+    def step(state: State, batch: dict, popularity) -> tuple[State, dict]:
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"], impl=cfg.train.rng_impl), state["step"])
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, key)
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, key, popularity)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
@@ -88,14 +102,22 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
         return new, metrics
 
     rep = sharding.replicated(mesh)
-    batch_sharding = {k: sharding.logical(mesh, "batch") for k in BATCH_KEYS}
-    return jax.jit(step, in_shardings=(rep, batch_sharding), out_shardings=(rep, rep), donate_argnums=0)
+    # One sharding for the whole batch dict (a pytree prefix): every array splits on its first axis.
+    jitted = jax.jit(step, in_shardings=(rep, sharding.logical(mesh, "batch"), rep), out_shardings=(rep, rep),
+                     donate_argnums=0)
+    popularity = None if popularity is None else jax.device_put(popularity, rep)
+
+    def run(state: State, batch: dict) -> tuple[State, dict]:
+        return jitted(state, batch, popularity)
+
+    run.compiled_shapes = jitted._cache_size  # tests: one compile per padded length
+    return run
 
 
 def put_batch(batch: dict, mesh: Mesh) -> dict:
     """Host batch -> global arrays split over the data axis (one process: plain device_put)."""
     s = sharding.logical(mesh, "batch")
-    return {k: jax.device_put(batch[k], s) for k in BATCH_KEYS}
+    return {k: jax.device_put(v, s) for k, v in batch.items()}
 
 
 def state_factory(cfg: ExperimentConfig, num_items: int, tx: optax.GradientTransformation, mesh: Mesh,
