@@ -1,5 +1,8 @@
 """Raw rows -> clean events: validation, event-type mapping, de-duplication, k-core, per-user cap.
 
+Money rides along without ever dropping a row: each event's value is float64, NaN when unknown (no
+price column, an empty, unreadable, zero or negative price or quantity).
+
 Every row read is either kept or counted under exactly one drop reason (the first that applies, in
 `REASONS` order), so `rows_kept + sum(dropped) == rows_read` always holds. Row-level reasons (the first
 six) mark malformed or unusable rows; under `strict` the earliest such row is an error instead.
@@ -56,6 +59,7 @@ class Events:
     timestamp: np.ndarray  # int64 [N], unix seconds; zeros when the data has no times
     event: np.ndarray  # int8 [N], EVENT_ID values; 0 when not recorded
     category: np.ndarray  # int64 [N], 1 + index into category_names; 0 when absent
+    price: np.ndarray  # float64 [N], the event's money value (see RowRules.unit_price); NaN when unknown
     order: np.ndarray  # int64 [N], read position (file by file, line by line): breaks timestamp ties
     user_names: pa.Array
     item_names: pa.Array
@@ -68,7 +72,8 @@ class Events:
         """The rows at `index` (int positions or a bool mask), same name tables."""
         return dataclasses.replace(self, user=self.user[index], item=self.item[index],
                                    timestamp=self.timestamp[index], event=self.event[index],
-                                   category=self.category[index], order=self.order[index])
+                                   category=self.category[index], price=self.price[index],
+                                   order=self.order[index])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +85,8 @@ class RowRules:
     event_map: Mapping[str, str] = dataclasses.field(default_factory=dict)  # raw -> canonical, before aliases
     unknown_events: str = "drop"  # drop | error
     strict: bool = False
+    unit_price: bool = False  # the price column is a unit price: value = price x quantity (yoochoose buys);
+    #                           otherwise it is the row's value as given (cdnow's dollar_value)
 
 
 def validate(tables: Sequence[RawTable], rules: RowRules) -> tuple[Events, Report, str | None]:
@@ -120,8 +127,9 @@ def validate(tables: Sequence[RawTable], rules: RowRules) -> tuple[Events, Repor
     cat_codes, cat_names = _intern(category, skip_empty=True)
     user_codes, user_names = _intern(user.filter(pa.array(keep)))
     item_codes, item_names = _intern(item.filter(pa.array(keep)))
+    price = _prices(tables, rules.unit_price)
     events = Events(user=user_codes, item=item_codes, timestamp=seconds[keep], event=event[keep],
-                    category=cat_codes, order=np.flatnonzero(keep).astype(np.int64),
+                    category=cat_codes, price=price[keep], order=np.flatnonzero(keep).astype(np.int64),
                     user_names=user_names, item_names=item_names, category_names=cat_names)
     report.rows_kept = len(events)
     return events, report, unit
@@ -173,6 +181,33 @@ def _event_ids(tables: Sequence[RawTable], event_map: Mapping[str, str],
     top = sorted(report.unknown_event_values.items(), key=lambda kv: -kv[1])[:20]
     report.unknown_event_values = dict(top)
     return np.concatenate(ids), np.concatenate(unknown)
+
+
+_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+
+
+def _positive_numbers(strings: pa.Array) -> np.ndarray:
+    """float64 [R]: each string as a number; NaN unless it is a finite number > 0 (0 means unknown)."""
+    strings = strings.cast(pa.large_string())
+    ok = pc.match_substring_regex(strings, _NUMBER)
+    values = pc.cast(pc.if_else(ok, strings, pa.scalar(None, pa.large_string())), pa.float64())
+    out = values.to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> NaN
+    out[~(np.isfinite(out) & (out > 0))] = np.nan
+    return out
+
+
+def _prices(tables: Sequence[RawTable], unit_price: bool) -> np.ndarray:
+    """float64 [R]: every parsed row's money value, NaN where unknown (see RowRules.unit_price)."""
+    parts = []
+    for t in tables:
+        if t.price is None:
+            parts.append(np.full(len(t.line), np.nan))
+            continue
+        value = _positive_numbers(t.price)
+        if unit_price and t.quantity is not None:
+            value = value * _positive_numbers(t.quantity)
+        parts.append(value)
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def _cat(arrays: Sequence[pa.Array]) -> pa.Array:

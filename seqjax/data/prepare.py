@@ -4,6 +4,10 @@
     seqjax prepare --format movielens --input ../shared/data/ml100k/u.data --out data/ml100k
     seqjax prepare --format generic --input log.csv --out data/x --split temporal --set valid_cut=q0.8
     seqjax prepare --format yoochoose --input clicks=yoochoose-clicks.dat --input buys=yoochoose-buys.dat --out data/yc
+    seqjax prepare --format taobao --input UserBehavior.csv --out data/taobao --task purchase --set task.horizon=2d
+
+With `--task purchase|churn` (or a `task:` section) prepare also writes labelled examples under
+DATA_DIR/task/ (see seqjax.data.task_prepare).
 
 Every option is a key of `PrepareConfig`: flags and `--set key=value` override a `--config` YAML file.
 `metadata.json` is written last; a DATA_DIR without it is incomplete.
@@ -27,13 +31,52 @@ import pyarrow.compute as pc
 import yaml
 
 from seqjax.config import ConfigError, load, to_dict
-from seqjax.data.clean import (Report, RowRules, cap_recent, drop_duplicates, k_core, sort_by_user_time,
-                               validate)
-from seqjax.data.formats import (FORMATS, Columns, PrepareError, RawTable, read_cdnow, read_diginetica, read_generic,
-                                 read_movielens, read_otto, read_retailrocket, read_sasrec, read_taobao, read_yoochoose)
-from seqjax.data.schema import EVENT_ALIASES, SCHEMA_VERSION, SPLITS
+from seqjax.data.clean import (
+    Report,
+    RowRules,
+    cap_recent,
+    drop_duplicates,
+    k_core,
+    sort_by_user_time,
+    validate,
+)
+from seqjax.data.formats import (
+    FORMATS,
+    Columns,
+    PrepareError,
+    RawTable,
+    read_cdnow,
+    read_diginetica,
+    read_generic,
+    read_movielens,
+    read_otto,
+    read_retailrocket,
+    read_sasrec,
+    read_taobao,
+    read_yoochoose,
+)
+from seqjax.data.schema import (
+    EVENT_ALIASES,
+    EXAMPLE_SCHEMA_VERSION,
+    SCHEMA_VERSION,
+    SPLITS,
+    TASK_DIR,
+)
 from seqjax.data.shards import write_split
 from seqjax.data.split import Split, has_repeats, make_split
+from seqjax.data.task_prepare import (
+    TaskOptions,
+    check_events,
+    check_input,
+    config_problems,
+    default_drop_duplicates,
+    format_defaults_used,
+    kcore_warning,
+    resolve_options,
+    summary_lines,
+    warn,
+    write_task,
+)
 from seqjax.data.timestamps import iso, parse_time
 
 # Every input is an event log, read as one in the order given; yoochoose's official files are named by role.
@@ -43,6 +86,7 @@ _PATH_READERS = {"sasrec": read_sasrec, "movielens": read_movielens, "taobao": r
                  "retailrocket": read_retailrocket, "diginetica": read_diginetica, "otto": read_otto,
                  "cdnow": read_cdnow}
 _NOT_IN_CHECKSUM = ("out", "inputs", "strict")  # where files live and how errors are reported: not the data
+_UNIT_PRICE_FORMATS = ("yoochoose",)  # price column is per unit: an event's value is price x quantity
 
 __all__ = ["PrepareConfig", "PrepareError", "prepare", "add_prepare_arguments", "run_prepare", "main"]
 
@@ -70,12 +114,14 @@ class PrepareConfig:
     max_timestamp: str | dt.date = ""  # rows at/after this are dropped; '' = when prepare runs (recorded)
     event_map: dict[str, str] = dataclasses.field(default_factory=dict)  # raw event type -> canonical type
     unknown_events: Literal["drop", "error"] = "drop"  # what an event type outside the vocabulary does
-    drop_duplicates: bool = True  # drop repeats of (user, item, timestamp, event); needs timestamps
+    drop_duplicates: bool | None = None  # drop repeats of (user, item, timestamp, event); needs timestamps;
+    #                                      None = on, except cdnow with a task (same-day purchases are real)
     min_user_count: int = 0  # k-core: keep users with at least this many events (0 = off)
     min_item_count: int = 0  # k-core: keep items with at least this many events (0 = off)
     kcore_one_pass: bool = False  # one filtering pass (as some papers did) instead of a fixed point
     max_events_per_user: int = 0  # keep each user's most recent N events (0 = all)
     strict: bool = False  # error at the first row a row-level reason would drop (see clean.ROW_REASONS)
+    task: TaskOptions | None = None  # purchase/churn examples under DATA_DIR/task/ (task_prepare); None = none
 
     def __post_init__(self):
         # YAML reads an unquoted 1998-01-01 as a date: keep times as text.
@@ -96,6 +142,9 @@ class PrepareConfig:
                                   f"(one of {', '.join(sorted(set(EVENT_ALIASES.values())))})")
         if not self.delimiter:
             raise ConfigError("delimiter: must not be empty")
+        if self.task is not None:
+            self.task.validate()
+            config_problems(self.task, self.split, self.max_events_per_user)
 
 
 def prepare(cfg: PrepareConfig, *, command: str | None = None, echo: bool = True) -> dict:
@@ -104,29 +153,42 @@ def prepare(cfg: PrepareConfig, *, command: str | None = None, echo: bool = True
     Raises PrepareError (one-line message naming the file/line) for input that cannot be prepared.
     """
     started = time.monotonic()
+    cfg.validate()
     if not cfg.out:
         raise PrepareError("no output directory (give --out DATA_DIR or out: in the config)")
+    task = None if cfg.task is None else resolve_options(cfg.task, cfg.format)
+    dedup = default_drop_duplicates(cfg.format, task) if cfg.drop_duplicates is None else cfg.drop_duplicates
+    warnings = []  # about the task's data, printed now and kept in its card
+    if task is not None and (w := kcore_warning(cfg.min_user_count, cfg.min_item_count)):
+        warnings.append(w)
+        warn(w)
     inputs = _parse_inputs(cfg.inputs)
     tables = [_read(cfg, role, path) for role, path in inputs]
     for t in tables:
         if t.rows_read == 0:
             raise PrepareError(f"input file has no data rows: {t.path}")
     has_timestamps = tables[0].timestamp is not None
-    resolved, time_range = cfg, None
+    has_event_types = any(t.event is not None for t in tables)
+    if task is not None:
+        check_input(task, has_timestamps, has_event_types)
+    resolved, time_range = dataclasses.replace(cfg, drop_duplicates=dedup, task=task), None
     if has_timestamps:
         upper = parse_time(cfg.max_timestamp, "max_timestamp") if cfg.max_timestamp else int(time.time())
         time_range = (parse_time(cfg.min_timestamp, "min_timestamp"), upper)
-        resolved = dataclasses.replace(cfg, max_timestamp=iso(upper))
+        resolved = dataclasses.replace(resolved, max_timestamp=iso(upper))
     rules = RowRules(time_range=time_range or (0, 0), timestamp_unit=cfg.timestamp_unit,
                      event_map={k: EVENT_ALIASES[str(v).lower()] for k, v in cfg.event_map.items()},
-                     unknown_events=cfg.unknown_events, strict=cfg.strict)
+                     unknown_events=cfg.unknown_events, strict=cfg.strict,
+                     unit_price=cfg.format in _UNIT_PRICE_FORMATS)
     events, report, unit = validate(tables, rules)
-    if has_timestamps and cfg.drop_duplicates:
+    if has_timestamps and dedup:
         events = drop_duplicates(events, report)
     events = k_core(events, cfg.min_user_count, cfg.min_item_count, cfg.kcore_one_pass, report)
     events = cap_recent(sort_by_user_time(events), cfg.max_events_per_user, report)
     if not len(events):
         raise PrepareError(f"no events left after cleaning ({_drops_text(report)})")
+    if task is not None:
+        check_events(task, events)
     split = make_split(events, cfg.split, cfg.valid_cut, cfg.test_cut, has_timestamps)
     report.users, report.items = len(split.users), len(split.items)
 
@@ -135,10 +197,22 @@ def prepare(cfg: PrepareConfig, *, command: str | None = None, echo: bool = True
     _write_vocab(out / "vocab", split)
     for name in SPLITS:
         write_split(out, name, split.records[name])
-    (out / "report.json").write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False) + "\n")
-    meta = _metadata(resolved, inputs, tables, split, report, has_timestamps, unit, time_range,
+    section = None
+    if task is not None:
+        defaults_used = format_defaults_used(cfg.task, cfg.format)
+        if cfg.drop_duplicates is None and not dedup:
+            defaults_used["drop_duplicates"] = False
+        section = write_task(out, events, split, task, has_prices=any(t.price is not None for t in tables),
+                             warnings=warnings, defaults_used=defaults_used)
+    report_dict = report.as_dict()
+    if section is not None:  # per cutoff: examples, positives, users excluded by reason
+        report_dict["task_per_cutoff"] = section["protocol"]["per_cutoff"]
+    (out / "report.json").write_text(json.dumps(report_dict, indent=2, ensure_ascii=False) + "\n")
+    meta = _metadata(resolved, inputs, tables, split, report_dict, has_timestamps, unit, time_range,
                      repeats=has_repeats(events),
                      command=command if command is not None else shlex.join(sys.argv))
+    if section is not None:
+        meta["task"] = section
     (out / "metadata.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     if echo:
         print(_summary(meta, report, out, time.monotonic() - started))
@@ -179,8 +253,9 @@ def _clear_outputs(out: Path) -> None:
     """Removes what an earlier prepare wrote here, so no stale shard survives a smaller re-run."""
     (out / "metadata.json").unlink(missing_ok=True)
     for name in SPLITS:
-        for old in (out / name).glob("part-*.array_record"):
+        for old in [*(out / name).glob("part-*.array_record"), *(out / TASK_DIR / name).glob("part-*.array_record")]:
             old.unlink()
+        (out / TASK_DIR / f"{name}.parquet").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -205,7 +280,7 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _metadata(cfg: PrepareConfig, inputs, tables, split: Split, report: Report, has_timestamps: bool,
+def _metadata(cfg: PrepareConfig, inputs, tables, split: Split, report: dict, has_timestamps: bool,
               unit: str | None, time_range, repeats: bool, command: str) -> dict:
     files = [{"role": role, "path": str(Path(path).resolve()), "sha256": _sha256(path),
               "bytes": Path(path).stat().st_size} for role, path in inputs]
@@ -213,6 +288,10 @@ def _metadata(cfg: PrepareConfig, inputs, tables, split: Split, report: Report, 
     identity = {"schema_version": SCHEMA_VERSION,
                 "inputs": sorted(f"{f['role']}:{f['sha256']}" for f in files),
                 "config": {k: v for k, v in config.items() if k not in _NOT_IN_CHECKSUM}}
+    if cfg.task is None:
+        del identity["config"]["task"]  # datasets prepared before tasks existed keep their checksum
+    else:
+        identity["example_schema_version"] = EXAMPLE_SCHEMA_VERSION
     counts = {s: {k: v for k, v in st.items() if k in ("records", "events", "oov_history_events")}
               for s, st in split.stats.items()}
     return {
@@ -235,7 +314,7 @@ def _metadata(cfg: PrepareConfig, inputs, tables, split: Split, report: Report, 
         "checksum": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest(),
         "command": command,
         "config": config,
-        "report": report.as_dict(),
+        "report": report,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -247,14 +326,17 @@ def _drops_text(report: Report) -> str:
 
 def _summary(meta: dict, report: Report, out: Path, seconds: float) -> str:
     c = meta["counts"]
-    return "\n".join([
+    lines = [
         f"prepared {meta['format']} ({len(meta['inputs'])} file(s)) in {seconds:.1f}s: "
         f"{report.rows_read:,} rows read, {report.rows_kept:,} events kept",
         f"  users {meta['num_users']:,}  items {meta['num_items']:,}  categories {meta['num_categories']:,}",
         f"  {_drops_text(report)}",
         "  " + "  ".join(f"{s} {c[s]['records']:,} records / {c[s]['events']:,} events" for s in SPLITS),
         f"  wrote {out}/{{train,valid,test}}/, {out}/vocab/, report.json, metadata.json",
-    ])
+    ]
+    if "task" in meta:
+        lines += summary_lines(meta["task"], out)
+    return "\n".join(lines)
 
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -267,6 +349,9 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML file of PrepareConfig keys")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     parser.add_argument("--strict", action="store_true", default=None, help="stop at the first bad row")
+    parser.add_argument("--task", choices=("purchase", "churn"),
+                        help="also write purchase/churn examples under DATA_DIR/task/ (sets task.task; other "
+                             "task options: --set task.horizon=2d etc.)")
 
 
 def run_prepare(args: argparse.Namespace) -> int:
@@ -274,7 +359,10 @@ def run_prepare(args: argparse.Namespace) -> int:
     flags = {"format": args.format, "inputs": args.input, "out": args.out, "split": args.split,
              "strict": args.strict}
     # JSON is YAML: each flag value reaches the config exactly as typed (no 'yes' -> True surprises).
-    overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + list(args.set)
+    overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    if args.task is not None:
+        overrides.append(f"task.task={json.dumps(args.task)}")
+    overrides += list(args.set)
     try:
         cfg = load(PrepareConfig, args.config, overrides)
         prepare(cfg)
