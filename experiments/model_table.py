@@ -1,0 +1,102 @@
+"""ML-1M model table: one protocol for every model kind. Prepares the data once, trains one process per
+(kind, seed) from configs/<kind>_ml1m.yaml, evaluates test at the validation-chosen checkpoint, and
+prints one table of means and standard errors over seeds with time and throughput.
+
+    python experiments/model_table.py [--kinds sasrec gru4rec pop] [--seeds 0 1 2]
+        [--data-file ../shared/data/ml1m/ml-1m_sasrec_format.txt] [--set train.epochs=50 ...]
+
+Count-based kinds (pop, markov, itemknn) are deterministic: they run once whatever --seeds says.
+A (kind, seed) whose test.json exists is not run again, so an interrupted table resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("SEQJAX_DATA_DIR", ROOT.parent / "shared" / "data"))
+DEFAULT_DATA = DATA_DIR / "ml1m" / "ml-1m_sasrec_format.txt"
+COUNT_KINDS = ("pop", "markov", "itemknn")
+ALL_KINDS = ("sasrec", "bert4rec", "hstu", "gru4rec", "lstm", "pop", "markov", "itemknn")
+
+
+def run(cmd: list[str]) -> None:
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def train_and_test(kind: str, seed: int, data: Path, out: Path, overrides: list[str]) -> dict:
+    workdir = out / f"{kind}_seed{seed}"
+    result_path = workdir / "test.json"
+    seqjax = [sys.executable, "-m", "seqjax.cli"]
+    if not result_path.exists():
+        t0 = time.perf_counter()
+        run(seqjax + ["train", "--config", str(ROOT / "configs" / f"{kind}_ml1m.yaml"), "--workdir", str(workdir),
+                      "--set", f"data.path={data}", "--set", f"train.seed={seed}",
+                      *sum([["--set", s] for s in overrides], [])])
+        (workdir / "wall.json").write_text(json.dumps({"wall_s": time.perf_counter() - t0}))
+        run(seqjax + ["evaluate", "--workdir", str(workdir), "--split", "test", "--json", str(result_path)])
+    result = json.loads(result_path.read_text())
+    return {"kind": kind, "seed": seed, **result["metrics"], "protocol": result["protocol"],
+            "summary": json.loads((workdir / "summary.json").read_text()),
+            "wall_s": json.loads((workdir / "wall.json").read_text())["wall_s"]}
+
+
+def mean_se(values: list[float]) -> str:
+    v = np.asarray(values, float)
+    if len(v) < 2:
+        return f"{v.mean():.4f}"
+    return f"{v.mean():.4f} +- {v.std(ddof=1) / np.sqrt(len(v)):.4f}"
+
+
+def print_table(rows: list[dict], args, train_users: int) -> None:
+    p = rows[0]["protocol"]
+    print(f"\n# ML-1M model table: {Path(args.data_file).name}")
+    print(f"protocol: leave-one-out, test split, {p['candidates']}, filter_seen={p['filter_seen']['applied']}, "
+          "checkpoint = best validation NDCG@10 (count models: the one fit), mean +- standard error over seeds")
+    print(f"{'kind':<9} {'seeds':>5} {'NDCG@10':>16} {'HR@10':>16} {'MRR':>16} {'best ep':>8} {'s/epoch':>8} "
+          f"{'seq/s':>7} {'wall s':>7}")
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        rs = [r for r in rows if r["kind"] == kind]
+        s = [r["summary"] for r in rs]
+        epoch_s = [x["seconds_per_epoch_steady"] for x in s if x.get("seconds_per_epoch_steady")]
+        per_epoch = f"{np.mean(epoch_s):.1f}" if epoch_s else "-"
+        seq_s = f"{train_users / np.mean(epoch_s):.0f}" if epoch_s else "-"
+        best = "/".join(str(x["best_epoch"]) for x in s) if s[0]["best_epoch"] is not None else "-"
+        print(f"{kind:<9} {len(rs):>5} {mean_se([r['NDCG@10'] for r in rs]):>16} "
+              f"{mean_se([r['HR@10'] for r in rs]):>16} {mean_se([r['MRR'] for r in rs]):>16} {best:>8} "
+              f"{per_epoch:>8} {seq_s:>7} {np.mean([r['wall_s'] for r in rs]):>7.0f}")
+    print("command: python experiments/model_table.py " + " ".join(sys.argv[1:]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kinds", nargs="+", default=list(ALL_KINDS), choices=ALL_KINDS)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--data-file", default=str(DEFAULT_DATA))
+    ap.add_argument("--out", default=None, help="default: runs/table_<data file stem>")
+    ap.add_argument("--set", action="append", default=[], help="config override for every neural run")
+    args = ap.parse_args()
+    out = Path(args.out or ROOT / "runs" / f"table_{Path(args.data_file).stem}")
+    data = out / "data"
+    if not (data / "metadata.json").exists():
+        run([sys.executable, "-m", "seqjax.cli", "prepare", "--format", "sasrec", "--input", args.data_file,
+             "--out", str(data)])
+    train_users = json.loads((data / "metadata.json").read_text())["num_users"]
+    rows = []
+    for kind in args.kinds:
+        for seed in args.seeds[:1] if kind in COUNT_KINDS else args.seeds:
+            rows.append(train_and_test(kind, seed, data, out, [] if kind in COUNT_KINDS else args.set))
+    print_table(rows, args, train_users)
+
+
+if __name__ == "__main__":
+    main()
