@@ -27,9 +27,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
