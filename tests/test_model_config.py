@@ -3,6 +3,7 @@ settings of inactive kinds fail at config load, with the reason, not inside jit.
 
 import dataclasses
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,10 @@ def test_hstu_refuses_attention_it_has_no_kernel_for():
     with pytest.raises(config_lib.ConfigError, match="model.attention=xla: model.kind=hstu"):
         load("model.kind=hstu", "model.attention=xla")
     assert load("model.kind=hstu", "model.attention=blockwise").model.attention == "blockwise"
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_names_its_kind_in_the_file_name(path):
+    cfg = config_lib.load(ExperimentConfig, path)
+    assert cfg.model.kind in path.stem.split("_")
