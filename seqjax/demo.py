@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from seqjax import config as config_lib
-from seqjax.data.prepare import run_prepare, add_prepare_arguments
+from seqjax.data.prepare import add_prepare_arguments, run_prepare
 from seqjax.data.synthetic import generate_log
 from seqjax.evaluation.evaluate import evaluate
 from seqjax.train.config import ExperimentConfig

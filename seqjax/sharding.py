@@ -7,7 +7,8 @@ FSDP and model axes extend RULES without touching the step.
 from __future__ import annotations
 
 import jax
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 RULES = {"batch": "data"}  # logical axis -> mesh axis; absent names are replicated
 

@@ -17,8 +17,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from seqjax.data.formats.base import (RawTable, check_readable, constant, first_nonblank_line, looks_like_header,
-                                      make_table, read_delimited)
+from seqjax.data.formats.base import (
+    RawTable,
+    check_readable,
+    constant,
+    first_nonblank_line,
+    looks_like_header,
+    make_table,
+    read_delimited,
+)
 
 ITEM = "cd"  # the placeholder item id of every row
 FIELDS = {"user": 0, "timestamp": 1, "quantity": 2, "price": 3}

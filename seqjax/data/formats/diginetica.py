@@ -16,8 +16,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from seqjax.data.formats.base import (RawTable, check_readable, column_positions, constant, first_nonblank_line,
-                                      make_table, read_delimited)
+from seqjax.data.formats.base import (
+    RawTable,
+    check_readable,
+    column_positions,
+    constant,
+    first_nonblank_line,
+    make_table,
+    read_delimited,
+)
 
 COLUMNS = {"user": "sessionid", "item": "itemid", "timeframe": "timeframe", "eventdate": "eventdate"}
 

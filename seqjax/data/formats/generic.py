@@ -16,8 +16,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from seqjax.data.formats.base import (BLOCK_BYTES, PrepareError, RawTable, check_readable, first_nonblank_line,
-                                      read_delimited)
+from seqjax.data.formats.base import (
+    BLOCK_BYTES,
+    PrepareError,
+    RawTable,
+    check_readable,
+    first_nonblank_line,
+    read_delimited,
+)
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 

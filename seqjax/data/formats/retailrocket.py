@@ -10,8 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seqjax.data.formats.base import (RawTable, check_readable, column_positions, first_nonblank_line, make_table,
-                                      read_delimited)
+from seqjax.data.formats.base import (
+    RawTable,
+    check_readable,
+    column_positions,
+    first_nonblank_line,
+    make_table,
+    read_delimited,
+)
 
 COLUMNS = {"timestamp": "timestamp", "user": "visitorid", "event": "event", "item": "itemid"}
 

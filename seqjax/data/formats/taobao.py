@@ -9,8 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seqjax.data.formats.base import (RawTable, check_readable, first_nonblank_line, looks_like_header, make_table,
-                                      read_delimited)
+from seqjax.data.formats.base import (
+    RawTable,
+    check_readable,
+    first_nonblank_line,
+    looks_like_header,
+    make_table,
+    read_delimited,
+)
 
 FIELDS = {"user": 0, "item": 1, "category": 2, "event": 3, "timestamp": 4}
 

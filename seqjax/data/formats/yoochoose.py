@@ -16,8 +16,16 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from seqjax.data.formats.base import (PrepareError, RawTable, check_readable, column_positions, constant,
-                                      first_nonblank_line, make_table, read_delimited)
+from seqjax.data.formats.base import (
+    PrepareError,
+    RawTable,
+    check_readable,
+    column_positions,
+    constant,
+    first_nonblank_line,
+    make_table,
+    read_delimited,
+)
 
 ROLES = ("events", "clicks", "buys")  # events: the preprocessed form only
 CLICK_FIELDS = {"user": 0, "timestamp": 1, "item": 2, "category": 3}
