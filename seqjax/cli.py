@@ -9,11 +9,23 @@ from pathlib import Path
 from seqjax import config as config_lib
 
 
+def _trainer(cfg):
+    """The library function that trains cfg: a fitting pass for classical/BG-NBD kinds, else the epoch loop."""
+    from seqjax.train.config import BINARY_ONLY_KINDS, BINARY_TASKS
+    if cfg.model.kind in BINARY_ONLY_KINDS:
+        from seqjax.train.classical_tasks import train
+        return train
+    if cfg.task in BINARY_TASKS:
+        raise config_lib.ConfigError(f"model.kind={cfg.model.kind} with task={cfg.task}: neural purchase/churn "
+                                     "training is not wired into `seqjax train` yet")
+    from seqjax.train.loop import train
+    return train
+
+
 def _train(args: argparse.Namespace) -> int:
     from seqjax.train.config import ExperimentConfig
-    from seqjax.train.loop import train
     cfg = config_lib.load(ExperimentConfig, args.config, args.set)
-    summary = train(cfg, args.workdir, allow_config_change=args.allow_config_change)
+    summary = _trainer(cfg)(cfg, args.workdir, allow_config_change=args.allow_config_change)
     best = summary["best_valid"][cfg.train.metric]
     best_text = "no validation split" if best is None else f"{cfg.train.metric}={best:.4f}"
     if summary["best_epoch"] is None:
@@ -27,7 +39,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from seqjax.evaluation.evaluate import evaluate
-    evaluate(args.workdir, args.split, args.checkpoint, args.json)
+    evaluate(args.workdir, args.split, args.checkpoint, args.json, args.task)
     return 0
 
 
@@ -67,10 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-config-change", action="store_true", help="resume even if the config changed")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate", help="full-catalogue ranking metrics with a protocol card")
+    p = sub.add_parser("evaluate", help="full-catalogue ranking metrics, or purchase/churn binary metrics with "
+                                        "bootstrap intervals, with a protocol card")
     p.add_argument("--workdir", required=True)
     p.add_argument("--split", choices=("valid", "test"), default="valid")
-    p.add_argument("--checkpoint", default="best", help="best | latest | STEP")
+    p.add_argument("--checkpoint", default="best", help="best | latest | STEP (checkpointed models)")
+    p.add_argument("--task", choices=("next_item", "purchase", "churn"), default=None,
+                   help="the task to evaluate; default: the run's (a single-task run refuses another)")
     p.add_argument("--json", default=None, help="also write metrics and protocol card here")
     p.set_defaults(func=_evaluate)
 

@@ -1,4 +1,6 @@
-"""`seqjax evaluate`: full-catalogue ranking of a split at a chosen checkpoint, with its protocol card."""
+"""`seqjax evaluate`: full-catalogue ranking of a split at a chosen checkpoint, with its protocol card; for
+purchase/churn runs, binary metrics with user-bootstrap intervals, a reliability PNG, per-example scores and
+the binary protocol card (binary_card)."""
 
 from __future__ import annotations
 
@@ -10,12 +12,17 @@ from typing import Any
 import numpy as np
 
 from seqjax import sharding
+from seqjax.evaluation import binary_card
+from seqjax.evaluation.binary import binary_metrics, bootstrap_ci
 from seqjax.evaluation.ranking import ranking_metrics
 from seqjax.evaluation.scoring import count_model_ranker, make_rank_fn, neural_ranker, rank_split
 from seqjax.train import run_dir
-from seqjax.train.config import COUNT_KINDS, ExperimentConfig
+from seqjax.train.config import BINARY_ONLY_KINDS, BINARY_TASKS, COUNT_KINDS, ExperimentConfig
 from seqjax.train.loop import checkpoint_store
 from seqjax.train.step import learning_rate, optimizer, state_factory, uses_timestamps
+
+BOOTSTRAP_RESAMPLES = 1000  # user resamples behind every binary ci95
+CI_LEVEL = 0.95
 
 
 def _choose_step(store, checkpoint: str) -> tuple[int, str]:
@@ -36,11 +43,17 @@ def _choose_step(store, checkpoint: str) -> tuple[int, str]:
 
 
 def evaluate(workdir: str | Path, split: str = "valid", checkpoint: str = "best",
-             json_path: str | Path | None = None) -> dict[str, Any]:
+             json_path: str | Path | None = None, task: str | None = None) -> dict[str, Any]:
+    """Evaluates the run in `workdir` on `split`; `task` (None: the run's) must be the task it was trained for."""
     workdir = Path(workdir)
     cfg = run_dir.load_run_config(workdir)
+    if task is not None and task != cfg.task:
+        raise run_dir.RunDirError(f"--task {task}: {workdir} was trained for task={cfg.task} and has no "
+                                  f"{task} head; evaluate it with --task {cfg.task} (or without --task)")
     metadata = run_dir.load_metadata(cfg.data.path)
     run_dir.check_data(workdir, metadata)
+    if cfg.task in BINARY_TASKS:
+        return evaluate_binary(workdir, cfg, metadata, split, json_path)
     filter_seen = run_dir.filter_seen(cfg, metadata)
     if cfg.model.kind in COUNT_KINDS:
         from seqjax.train.count_models import load_count_model
@@ -80,6 +93,44 @@ def evaluate(workdir: str | Path, split: str = "valid", checkpoint: str = "best"
         w.writerows(zip(ranked["users"].tolist(), ranked["targets"].tolist(), ranked["ranks"].tolist(),
                         np.round(ranked["scores"], 6).tolist()))
     print(f"wrote {out} and {per_user}")
+    return result
+
+
+def evaluate_binary(workdir: Path, cfg: ExperimentConfig, metadata: dict[str, Any], split: str,
+                    json_path: str | Path | None = None) -> dict[str, Any]:
+    """Metrics at the run's validation-chosen threshold, their ci95, the card; writes JSON, PNG and per-example CSV.
+
+    Metrics and intervals are computed from the probabilities exactly as the CSV holds them (shortest
+    round-trip float text), so they can be recomputed from it.
+    """
+    run_dir.check_task(metadata, cfg.task, cfg.data.path)
+    if cfg.model.kind not in BINARY_ONLY_KINDS:
+        raise run_dir.RunDirError(f"model.kind={cfg.model.kind}: evaluating a neural {cfg.task} run is not wired "
+                                  "into `seqjax evaluate` yet")
+    from seqjax.evaluation.reliability import reliability_plot
+    from seqjax.train import classical_tasks
+    summary = classical_tasks.load_summary(workdir)
+    scores = classical_tasks.score(workdir, cfg, metadata, split)
+    if not len(scores["label"]):
+        raise run_dir.RunDirError(f"split {split} of {cfg.data.path} has no {cfg.task} examples to evaluate")
+    labels, probs, threshold = scores["label"], scores["prob"], summary["threshold"]
+    metrics = binary_metrics(labels, probs, threshold)
+    ci = {name: list(bounds) for name, bounds in bootstrap_ci(
+        labels, probs, scores["user"], threshold, BOOTSTRAP_RESAMPLES, cfg.train.seed, CI_LEVEL).items()}
+    card = binary_card.protocol_card(cfg, metadata, split, scores, summary, BOOTSTRAP_RESAMPLES, CI_LEVEL)
+    result = {"metrics": metrics, "ci95": ci, "protocol": card}
+    binary_card.print_table(metrics, ci, card)
+    out = Path(json_path) if json_path else workdir / "eval" / f"{split}_{cfg.model.kind}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    per_example, png = out.with_suffix(".per_example.csv"), out.with_suffix(".reliability.png")
+    with per_example.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user", "item", "cutoff", "label", "prob"])
+        w.writerows(zip(*(scores[k].tolist() for k in ("user", "item", "cutoff", "label", "prob"))))
+    reliability_plot(labels, probs, png, f"{cfg.model.kind} | {cfg.task} | {split}")
+    result["files"] = {"per_example": str(per_example), "reliability": str(png)}
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}, {per_example} and {png}")
     return result
 
 

@@ -9,6 +9,7 @@ from typing import Literal
 from seqjax.config import ConfigError
 from seqjax.models.baselines import ItemKNNConfig, MarkovConfig, PopularityConfig
 from seqjax.models.bert4rec import BERT4RecConfig
+from seqjax.models.classical import GBDTConfig, KNNConfig, LogRegConfig, TreeConfig
 from seqjax.models.hstu import HSTUConfig
 from seqjax.models.recurrent import GRU4RecConfig, LSTMConfig
 from seqjax.models.sasrec import SASRecConfig
@@ -19,6 +20,24 @@ COUNT_KINDS = ("pop", "markov", "itemknn")  # fitted in one pass, no epochs, no 
 ATTENTION_KINDS = ("sasrec", "bert4rec", "hstu")
 # kind -> its attention, for kinds whose attention cuDNN (and jax.nn.dot_product_attention) cannot run
 NO_CUDNN_KINDS = {"hstu": "pointwise SiLU attention with relative position/time biases"}
+BINARY_TASKS = ("purchase", "churn")  # tasks on DATA_DIR/task/ (`seqjax prepare --task`)
+CLASSICAL_KINDS = ("logreg", "tree", "knn", "gbdt")  # scikit-learn on the task features (models/classical.py)
+BINARY_ONLY_KINDS = (*CLASSICAL_KINDS, "bgnbd")  # predict a label, rank no items: binary tasks only
+NEXT_ITEM_ONLY_KINDS = ("pop", "markov", "itemknn", "bert4rec", "hstu")  # item scorers with no binary head
+# train.metric of a binary task -> "max" or "min" (better is larger / smaller)
+BINARY_METRICS = {"PR-AUC": "max", "ROC-AUC": "max", "log_loss": "min"}
+NEXT_ITEM_DEFAULT_METRIC = "NDCG@10"
+BINARY_DEFAULT_METRIC = "PR-AUC"
+
+
+@dataclasses.dataclass(frozen=True)
+class BGNBDConfig:
+    period_days: float = 7.0  # time unit of the fit (x, t_x, T and the horizon in periods); the fitted
+    # probabilities do not depend on it (alpha scales with it), the optimiser's starting point does
+
+    def validate(self) -> None:
+        if not self.period_days > 0:
+            raise ValueError(f"model.bgnbd.period_days: must be > 0, got {self.period_days}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +53,9 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    kind: Literal["sasrec", "bert4rec", "hstu", "gru4rec", "lstm", "pop", "markov", "itemknn"] = "sasrec"  # which model to train
+    kind: Literal["sasrec", "bert4rec", "hstu", "gru4rec", "lstm", "pop", "markov", "itemknn",
+                  "logreg", "tree", "knn", "gbdt", "bgnbd"] = "sasrec"  # which model to train; logreg..bgnbd:
+    # purchase/churn only (task), pop/markov/itemknn/bert4rec/hstu: next_item only
     attention: Literal["reference", "blockwise", "cudnn", "xla"] = "reference"  # attention implementation
     # (attention models); cudnn: GPU only, bfloat16, head dim a multiple of 8 up to 128 (256 on Hopper)
     sasrec: SASRecConfig = SASRecConfig()
@@ -45,6 +66,11 @@ class ModelConfig:
     pop: PopularityConfig = PopularityConfig()
     markov: MarkovConfig = MarkovConfig()
     itemknn: ItemKNNConfig = ItemKNNConfig()
+    logreg: LogRegConfig = LogRegConfig()
+    tree: TreeConfig = TreeConfig()
+    knn: KNNConfig = KNNConfig()
+    gbdt: GBDTConfig = GBDTConfig()
+    bgnbd: BGNBDConfig = BGNBDConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +92,9 @@ class TrainConfig:
     # gives the same bits however the batch is sharded
     epochs: int = 200  # maximum epochs (one epoch = every training user once)
     patience: int = 10  # stop after this many evaluations without improvement; 0 = never
-    metric: str = "NDCG@10"  # validation metric for early stopping and the best checkpoint
+    metric: str = NEXT_ITEM_DEFAULT_METRIC  # validation metric for early stopping and the best checkpoint;
+    # next_item: HR@K, NDCG@K or MRR; purchase/churn: PR-AUC (the default there: NDCG@10 reads as PR-AUC),
+    # ROC-AUC or log_loss (lower is better)
     eval_every_epochs: int = 1  # validate (and checkpoint) every this many epochs
     checkpoint_every_steps: int = 0  # extra checkpoints inside an epoch; 0 = only after validation
     keep_latest: int = 2  # latest checkpoints kept
@@ -90,13 +118,29 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
+    task: Literal["next_item", "purchase", "churn"] = "next_item"  # what is predicted: the next item (ranked
+    # over the catalogue), or a label of DATA_DIR/task/ (`seqjax prepare --task`), which must be this task
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
 
+    def __post_init__(self):
+        # A binary task's default metric is PR-AUC. train.metric cannot tell a default NDCG@10 from a written
+        # one, and NDCG@10 means nothing for a label, so it is read as the binary default. Resolving here
+        # (not with an "auto" value) keeps next_item configs and the run directories they wrote unchanged.
+        if self.task in BINARY_TASKS and self.train.metric == NEXT_ITEM_DEFAULT_METRIC:
+            object.__setattr__(self, "train", dataclasses.replace(self.train, metric=BINARY_DEFAULT_METRIC))
+
     def validate(self) -> None:
+        kind = self.model.kind
+        if self.task == "next_item" and kind in BINARY_ONLY_KINDS:
+            raise ConfigError(f"model.kind={kind} predicts a purchase/churn label and ranks no items: set "
+                              "task=purchase or task=churn (task=next_item is the default)")
+        if self.task in BINARY_TASKS and kind in NEXT_ITEM_ONLY_KINDS:
+            raise ConfigError(f"model.kind={kind} scores next items and has no binary head: task={self.task} "
+                              f"needs a model with a binary output ({', '.join(BINARY_ONLY_KINDS)})")
         if self.model.kind not in ATTENTION_KINDS and self.model.attention != "reference":
             warnings.warn(f"model.attention={self.model.attention} is ignored: model.kind={self.model.kind} "
                           "has no attention", stacklevel=2)
@@ -113,7 +157,11 @@ class ExperimentConfig:
                               f"train.num_devices={self.train.num_devices}")
         if self.data.buckets and max(self.data.buckets) != self.data.max_len:
             raise ConfigError(f"data.buckets must end at data.max_len={self.data.max_len}")
-        if self.train.metric.split("@")[0] not in ("HR", "NDCG", "MRR"):
+        if self.task in BINARY_TASKS:
+            if self.train.metric not in BINARY_METRICS:
+                raise ConfigError(f"train.metric={self.train.metric!r}: task={self.task} uses "
+                                  f"{', '.join(BINARY_METRICS)}")
+        elif self.train.metric.split("@")[0] not in ("HR", "NDCG", "MRR"):
             raise ConfigError(f"train.metric={self.train.metric!r}: use HR@K, NDCG@K or MRR")
 
 

@@ -81,6 +81,18 @@ def load_run_config(workdir: Path) -> ExperimentConfig:
     return config_lib.from_dict(ExperimentConfig, yaml.safe_load(path.read_text()))
 
 
+def check_task(metadata: dict[str, Any], task: str, data_path: str | os.PathLike) -> dict[str, Any]:
+    """metadata["task"] when the data was prepared for `task`; RunDirError naming both tasks otherwise."""
+    section = metadata.get("task")
+    if section is None:
+        raise RunDirError(f"task={task}: {data_path} has no task section (prepared without --task); prepare it "
+                          f"with `seqjax prepare ... --task {task}`")
+    prepared = section["config"]["task"]
+    if prepared != task:
+        raise RunDirError(f"task={task}, but {data_path} was prepared for task={prepared}")
+    return section
+
+
 def filter_seen(cfg: ExperimentConfig, metadata: dict[str, Any]) -> bool:
     """eval.filter_seen: `auto` filters history items when training has no repeated (user, item) pair."""
     if cfg.eval.filter_seen == "auto":
