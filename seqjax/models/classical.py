@@ -58,11 +58,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import sklearn
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.tree import DecisionTreeClassifier
+from importlib.metadata import version
 
 ID_COLUMNS = ("user", "item", "cutoff", "label", "split")  # never features
 LOG1P_PATTERN = re.compile(r"^(pair_)?(n_|secs_since_|distinct_|purchase_value_|mean_session_)")
@@ -273,6 +269,11 @@ def kind_config(kind: str, cfg: ClassicalConfig | KindConfig) -> KindConfig:
 
 
 def _estimator(kind: str, cfg: KindConfig, seed: int):
+    # scikit-learn is imported here, not at module level: every config load imports this module.
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.tree import DecisionTreeClassifier
     if kind == "logreg":
         return LogisticRegression(C=cfg.C, class_weight=None if cfg.class_weight == "none" else "balanced",
                                   max_iter=cfg.max_iter, solver="lbfgs", random_state=seed)
@@ -338,7 +339,7 @@ def predict_proba(model: ClassicalModel, table: pa.Table) -> np.ndarray:
 # ---------------------------------------------------------------- artefact
 
 def _versions() -> dict[str, str]:
-    return {"python": platform.python_version(), "numpy": np.__version__, "sklearn": sklearn.__version__,
+    return {"python": platform.python_version(), "numpy": np.__version__, "sklearn": version("scikit-learn"),
             "pyarrow": pa.__version__}
 
 
@@ -390,8 +391,8 @@ def load(path: str | Path, expected_sha256: str | None = None,
     if expected_sha256 is not None and digest != expected_sha256:
         raise ValueError(f"{path}: payload sha256 {digest} is not the expected {expected_sha256}")
     saved = header["versions"]["sklearn"]
-    if saved.split(".")[:2] != sklearn.__version__.split(".")[:2] and not allow_version_mismatch:
-        raise ValueError(f"{path}: written with scikit-learn {saved}, this is {sklearn.__version__}; pickled "
+    if saved.split(".")[:2] != version("scikit-learn").split(".")[:2] and not allow_version_mismatch:
+        raise ValueError(f"{path}: written with scikit-learn {saved}, this is {version('scikit-learn')}; pickled "
                          f"estimators are not portable across versions (allow_version_mismatch=True to try)")
     model = pickle.loads(payload)
     if not isinstance(model, ClassicalModel) or model.kind != header["kind"]:
