@@ -22,8 +22,30 @@ def _trainer(cfg):
     return train
 
 
+def _is_sequence_task_config(path: str) -> bool:
+    """Sequence-model purchase/churn configs have one top-level section, `sequence_task`."""
+    import yaml
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise config_lib.ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    return isinstance(data, dict) and "sequence_task" in data
+
+
+def _train_sequence_task(args: argparse.Namespace) -> int:
+    from seqjax.train.binary_loop import SequenceTaskRun, train_sequence_task
+    cfg = config_lib.load(SequenceTaskRun, args.config, args.set).sequence_task
+    summary = train_sequence_task(cfg, args.workdir, allow_config_change=args.allow_config_change)
+    print(f"training ended: {summary['stopped']}; best epoch {summary['best_epoch']}; "
+          f"checkpoints: {Path(args.workdir) / 'checkpoints'}; curves: tensorboard --logdir "
+          f"{Path(args.workdir) / 'tensorboard'}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from seqjax.train.config import ExperimentConfig
+    if _is_sequence_task_config(args.config):
+        return _train_sequence_task(args)
     cfg = config_lib.load(ExperimentConfig, args.config, args.set)
     summary = _trainer(cfg)(cfg, args.workdir, allow_config_change=args.allow_config_change)
     best = summary["best_valid"][cfg.train.metric]
@@ -38,6 +60,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from seqjax.train.binary_loop import CONFIG_FILE
+    if (Path(args.workdir) / CONFIG_FILE).exists():  # a sequence-model purchase/churn run
+        from seqjax.evaluation.sequence_task_eval import evaluate_sequence_task
+        evaluate_sequence_task(args.workdir, args.split, args.checkpoint, args.json, args.task)
+        return 0
     from seqjax.evaluation.evaluate import evaluate
     evaluate(args.workdir, args.split, args.checkpoint, args.json, args.task)
     return 0

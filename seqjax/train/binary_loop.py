@@ -1,0 +1,698 @@
+"""Sequence models for purchase / churn (and next-item as an auxiliary task): training, checkpoints, prediction.
+
+    BinaryTrainer(SequenceTaskConfig(data_path="data/taobao", heads=("purchase",)), "runs/p").run()
+    predict("runs/p", "test")  ->  {"purchase": (example_index, prob)}
+
+The run's examples, histories and splits are those of `data_path` (a `seqjax prepare --task` output).
+Each binary head's label comes from a prepared task:
+
+* the head named after data_path's task reads the examples' own labels;
+* another binary head reads the labels of `<head>.data`, a directory prepared with `--task <head>` at
+  user level from the same log, joined to data_path's examples on (user, cutoff) within the same split.
+  Prepared with the same task options apart from `task`, the two have the same examples, so every
+  example gets both labels; rows without a match are left out of that head's loss and metrics (the
+  share matched is printed). A churn label joins a user_item purchase example through its user.
+
+The next_item head adds the full-softmax next-item loss over each history's positions (the state at t
+predicts item t+1), weighted by `next_item.weight`; it needs a causal encoder.
+
+Everything a resumed run needs is in the newest intact checkpoint (seqjax.train.checkpoint): parameters,
+optimizer state, RNG key, step, the data position (epoch, batch) and the early-stopping state
+(seqjax.train.loop.Progress). Batches are a pure function of (seed, epoch, batch) (TaskTrainBatches) and
+dropout keys of (seed, step), so a resumed run ends bit-identical on CPU to an uninterrupted one.
+Validation: every binary head's seqjax.evaluation.binary metrics on its labelled validation examples;
+early stopping and the best checkpoint follow `metric` averaged over the binary heads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from flax import nnx
+from tqdm import tqdm
+
+from seqjax import config as config_lib
+from seqjax import sharding
+from seqjax.config import ConfigError
+from seqjax.data.features import gap_bucket
+from seqjax.data.schema import TASK_DIR
+from seqjax.data.task_pipeline import SEQUENCE_FIELDS, TaskBatchSpec, TaskTrainBatches, task_eval_batches
+from seqjax.evaluation.binary import METRICS, binary_metrics
+from seqjax.models.event_encoder import BINARY_HEADS, EventEncoderConfig, MultiTaskModel
+from seqjax.train import run_dir
+from seqjax.train.checkpoint import CheckpointStore, manifest_problem
+from seqjax.train.config import OptimConfig
+from seqjax.train.loop import Progress, TrainingDiverged
+from seqjax.train.losses import full_softmax_loss
+from seqjax.train.step import init_state, learning_rate, optimizer, put_batch
+from seqjax.train.tensorboard import ScalarWriter
+
+SECTION = "sequence_task"  # config path of SequenceTaskConfig, for error messages
+CONFIG_FILE = "task_config.yaml"  # the resolved SequenceTaskConfig of a run directory
+DATA_FILE = "task_data.json"  # path and checksum of every prepared directory the run reads
+MIN_METRICS = ("log_loss", "Brier", "ECE")  # lower is better; the other METRICS: higher is better
+
+
+@dataclasses.dataclass(frozen=True)
+class BinaryHeadConfig:
+    weight: float = 1.0  # weight of this head's BCE in the total loss
+    pos_weight: float = 1.0  # BCE weight of positive examples (e.g. negatives / positives when positives are rare)
+    data: str = ""  # prepared DATA_DIR (--task <this head>, user level) holding this head's labels;
+    # "" = data_path, whose task must then be this head
+
+
+@dataclasses.dataclass(frozen=True)
+class NextItemHeadConfig:
+    weight: float = 0.1  # weight of the next-item softmax loss in the total loss
+    loss_chunk: int = 512  # positions scored at once by the full-softmax loss
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceTaskConfig:
+    data_path: str = ""  # prepared DATA_DIR (`seqjax prepare --task`): the run's examples, histories and splits
+    max_len: int = 200  # events per history: each example's most recent max_len before the cutoff
+    batch_size: int = 128  # examples per training batch
+    eval_batch_size: int = 256  # examples per prediction batch
+    buckets: tuple[int, ...] = ()  # padded history lengths; () = 16, 32, 64, ... and max_len
+    reader_threads: int = 2  # Grain reader threads
+    encoder: EventEncoderConfig = EventEncoderConfig()
+    heads: tuple[Literal["purchase", "churn", "next_item"], ...] = ()  # heads to train; () = data_path's task
+    purchase: BinaryHeadConfig = BinaryHeadConfig()
+    churn: BinaryHeadConfig = BinaryHeadConfig()
+    next_item: NextItemHeadConfig = NextItemHeadConfig()
+    optim: OptimConfig = OptimConfig()
+    seed: int = 0  # parameters, dropout and data order all derive from it
+    rng_impl: Literal["rbg", "threefry2x32"] = "rbg"  # dropout RNG (as train.rng_impl)
+    epochs: int = 20  # maximum epochs (one epoch = every training example once)
+    patience: int = 3  # stop after this many evaluations without improvement; 0 = never
+    metric: str = "PR-AUC"  # validation metric (seqjax.evaluation.binary.METRICS), averaged over the binary heads
+    eval_every_epochs: int = 1  # validate (and checkpoint) every this many epochs
+    checkpoint_every_steps: int = 0  # extra checkpoints inside an epoch; 0 = only at epoch ends
+    keep_latest: int = 2  # latest checkpoints kept
+    keep_best: int = 1  # best checkpoints (by metric) kept
+    log_every_steps: int = 20  # TensorBoard and progress update interval
+    max_steps: int = 0  # stop after this many steps in total; 0 = no limit
+    num_devices: int = 1  # devices on the data-parallel mesh axis; both batch sizes must divide by it
+
+    def validate(self) -> None:
+        p = SECTION
+        for name in ("max_len", "batch_size", "eval_batch_size", "epochs", "eval_every_epochs", "keep_latest",
+                     "log_every_steps", "num_devices", "reader_threads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{p}.{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("patience", "keep_best", "max_steps", "checkpoint_every_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{p}.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.metric not in METRICS:
+            raise ConfigError(f"{p}.metric: {self.metric!r} is not one of {list(METRICS)}")
+        if len(set(self.heads)) != len(self.heads):
+            raise ConfigError(f"{p}.heads: {list(self.heads)} names a head twice")
+        if self.heads and not any(h in BINARY_HEADS for h in self.heads):
+            raise ConfigError(f"{p}.heads: {list(self.heads)} has no binary head (purchase or churn)")
+        if "next_item" in self.heads and self.encoder.kind == "transformer" and not self.encoder.causal:
+            raise ConfigError(f"{p}.heads: next_item needs a causal encoder ({p}.encoder.causal=true)")
+        for name in BINARY_HEADS:
+            h = getattr(self, name)
+            if h.weight < 0 or h.pos_weight <= 0:
+                raise ConfigError(f"{p}.{name}: weight must be >= 0 and pos_weight > 0, got {h.weight}, {h.pos_weight}")
+        if self.next_item.weight < 0 or self.next_item.loss_chunk < 1:
+            raise ConfigError(f"{p}.next_item: weight must be >= 0 and loss_chunk >= 1")
+        for name in ("batch_size", "eval_batch_size"):
+            if getattr(self, name) % self.num_devices:
+                raise ConfigError(f"{p}.{name}={getattr(self, name)} does not divide by {p}.num_devices="
+                                  f"{self.num_devices}")
+        if self.buckets and max(self.buckets) != self.max_len:
+            raise ConfigError(f"{p}.buckets must end at {p}.max_len={self.max_len}")
+
+    @property
+    def best_mode(self) -> Literal["max", "min"]:
+        return "min" if self.metric in MIN_METRICS else "max"
+
+    def length_buckets(self) -> tuple[int, ...]:
+        if self.buckets:
+            return self.buckets
+        return tuple(b for b in (16, 32, 64, 128, 256, 512, 1024) if b < self.max_len) + (self.max_len,)
+
+
+# -- data: the run's prepared directories and per-example side tables --------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class SequenceTaskRun:
+    """The file form of a sequence-task run: YAML with one `sequence_task:` section (`seqjax train`)."""
+    sequence_task: SequenceTaskConfig = SequenceTaskConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskData:
+    """What a run reads: data_path's task and the label source of every head."""
+
+    primary: str  # data_path's task (purchase or churn)
+    level: str  # data_path's example level (user or user_item)
+    num_items: int
+    num_categories: int
+    train_examples: int
+    heads: tuple[str, ...]  # resolved heads, in HEADS order
+    sources: dict[str, str]  # binary head -> prepared directory of its labels
+    checksums: dict[str, str]  # prepared directory -> metadata checksum
+
+
+def _task_section(path: str, metadata: dict) -> dict:
+    if "task" not in metadata:
+        raise run_dir.RunDirError(f"{path} has no task examples: prepare it with `seqjax prepare --task purchase|churn`")
+    return metadata["task"]["config"]
+
+
+def _users_digest(path: str) -> str:
+    return hashlib.sha256((Path(path) / "vocab" / "users.tsv").read_bytes()).hexdigest()
+
+
+def resolve_data(cfg: SequenceTaskConfig) -> TaskData:
+    """Checks data_path and every head's label directory; raises ConfigError / RunDirError naming them."""
+    meta = run_dir.load_metadata(cfg.data_path)
+    task = _task_section(cfg.data_path, meta)
+    heads = cfg.heads or (task["task"],)
+    checksums = {cfg.data_path: meta["checksum"]}
+    sources = {}
+    for head in (h for h in BINARY_HEADS if h in heads):
+        source = getattr(cfg, head).data
+        if not source:
+            if task["task"] != head:
+                raise ConfigError(f"{SECTION}.{head}.data: data_path {cfg.data_path} holds {task['task']} labels; "
+                                  f"give a directory prepared with --task {head} for the {head} head")
+            source = cfg.data_path
+        elif source != cfg.data_path:
+            other = run_dir.load_metadata(source)
+            other_task = _task_section(source, other)
+            if other_task["task"] != head or other_task["level"] != "user":
+                raise ConfigError(f"{SECTION}.{head}.data: {source} holds {other_task['task']} labels at "
+                                  f"{other_task['level']} level; the {head} head needs {head} at user level")
+            if _users_digest(source) != _users_digest(cfg.data_path):
+                raise ConfigError(f"{SECTION}.{head}.data: {source} has other user ids than {cfg.data_path} "
+                                  "(vocab/users.tsv differs): prepare both from the same log and options")
+            checksums[source] = other["checksum"]
+        sources[head] = source
+    order = ("next_item", *BINARY_HEADS)
+    return TaskData(task["task"], task["level"], meta["num_items"], meta["num_categories"],
+                    meta["task"]["counts"]["train"]["examples"], tuple(h for h in order if h in heads), sources, checksums)
+
+
+@dataclasses.dataclass
+class SideTable:
+    """Per example of one split (index = the `example` of its batches): what the batch lacks."""
+
+    cutoff_gap: np.ndarray  # int32 [E], log2 bucket of the seconds from the last history event to the cutoff
+    labels: dict[str, np.ndarray]  # binary head -> int32 [E]
+    labelled: dict[str, np.ndarray]  # binary head -> float32 [E], 1 where the head has a label
+
+
+def side_table(data: TaskData, split: str, data_path: str) -> SideTable:
+    """Reads data_path's task/<split>.parquet (and each other head's) and joins labels on (user, cutoff)."""
+    keys = pq.read_table(Path(data_path) / TASK_DIR / f"{split}.parquet",
+                         columns=["user", "cutoff", "label", "secs_since_last_event"])
+    secs = keys.column("secs_since_last_event").to_numpy(zero_copy_only=False).astype(np.float64)
+    none = ~np.isfinite(secs)
+    gap = gap_bucket(np.where(none, 0, secs).astype(np.int64), none).astype(np.int32)
+    n = keys.num_rows
+    labels, labelled = {}, {}
+    for head, source in data.sources.items():
+        if source == data_path:
+            labels[head] = keys.column("label").to_numpy().astype(np.int32)
+            labelled[head] = np.ones(n, np.float32)
+            continue
+        other = pq.read_table(Path(source) / TASK_DIR / f"{split}.parquet", columns=["user", "cutoff", "label"])
+        left = pa.table({"user": keys.column("user"), "cutoff": keys.column("cutoff"), "row": np.arange(n)})
+        joined = left.join(other.rename_columns(["user", "cutoff", "y"]), keys=["user", "cutoff"],
+                           join_type="left outer").sort_by("row")
+        if joined.num_rows != n:
+            raise ValueError(f"{source}: (user, cutoff) is not unique in its {split} split")
+        y = joined.column("y")
+        labelled[head] = y.is_valid().to_numpy(zero_copy_only=False).astype(np.float32)
+        labels[head] = y.fill_null(0).to_numpy().astype(np.int32)
+        if n and labelled[head].mean() < 1.0:
+            print(f"warning: {head} labels from {source} cover {labelled[head].mean():.1%} of the {split} examples "
+                  f"of {data_path} (joined on user and cutoff); the rest are left out of the {head} head",
+                  file=sys.stderr, flush=True)
+    return SideTable(gap, labels, labelled)
+
+
+def attach(batch: dict[str, np.ndarray], table: SideTable) -> dict[str, np.ndarray]:
+    """The model's inputs of a task batch: sequences, lengths, candidate, weight, cutoff_gap, and per binary
+    head `<head>_label` / `<head>_weight` (0 on padding rows and rows without that head's label)."""
+    rows = np.maximum(batch["example"], 0)
+    real = batch["weight"]
+    out = {k: batch[k] for k in (*SEQUENCE_FIELDS, "lengths", "candidate", "weight")}
+    out["cutoff_gap"] = np.where(real > 0, table.cutoff_gap[rows], 0).astype(np.int32)
+    for head in table.labels:
+        out[f"{head}_label"] = table.labels[head][rows]
+        out[f"{head}_weight"] = table.labelled[head][rows] * real
+    return out
+
+
+# -- model, losses and the jitted functions ---------------------------------------------------------
+
+def build_model(cfg: SequenceTaskConfig, data: TaskData) -> MultiTaskModel:
+    candidate = ("purchase",) if data.level == "user_item" and data.primary == "purchase" else ()
+    return MultiTaskModel(data.num_items, data.num_categories, cfg.max_len, cfg.encoder, data.heads, candidate,
+                          rngs=nnx.Rngs(jax.random.key(cfg.seed, impl=cfg.rng_impl)))
+
+
+def bce(logits: jax.Array, labels: jax.Array, weights: jax.Array, pos_weight: float) -> jax.Array:
+    """Weighted mean binary cross-entropy of logits [B] against 0/1 labels [B]; positives count pos_weight."""
+    y = labels.astype(jnp.float32)
+    z = logits.astype(jnp.float32)
+    per = pos_weight * y * jax.nn.softplus(-z) + (1.0 - y) * jax.nn.softplus(z)
+    return jnp.sum(per * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def next_item_targets(items: jax.Array, lengths: jax.Array, weight: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The item after each position [B, T] (0 past the end) and weights [B, T]: 1 at t < length - 1 of real rows."""
+    targets = jnp.concatenate([items[:, 1:], jnp.zeros_like(items[:, :1])], axis=1)
+    t = jnp.arange(items.shape[1])[None, :]
+    return targets, ((t < lengths[:, None] - 1) * weight[:, None]).astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """Everything the jitted step depends on besides the model structure; hashable, so two trainers of one
+    config in a process (a resumed run, `predict` after training) share one compile (see `compiled`)."""
+
+    heads: tuple[str, ...]
+    weights: tuple[float, ...]  # loss weight of each head, in `heads` order
+    pos_weights: tuple[float, ...]  # BCE positive weight of each head (unused for next_item)
+    loss_chunk: int
+    optim: OptimConfig
+    total_steps: int  # the schedule's horizon
+    rng_impl: str
+
+    @classmethod
+    def of(cls, cfg: SequenceTaskConfig, data: TaskData) -> StepSpec:
+        section = lambda h: getattr(cfg, h)
+        steps_per_epoch = -(-data.train_examples // cfg.batch_size)  # as TaskTrainBatches.batches_per_epoch
+        return cls(data.heads, tuple(section(h).weight for h in data.heads),
+                   tuple(getattr(section(h), "pos_weight", 1.0) for h in data.heads), cfg.next_item.loss_chunk,
+                   cfg.optim, cfg.epochs * steps_per_epoch, cfg.rng_impl)
+
+
+def make_loss(graphdef: nnx.GraphDef, spec: StepSpec):
+    """loss(params, batch, key) -> (total, {head: loss})."""
+    weight = dict(zip(spec.heads, spec.weights))
+    pos_weight = dict(zip(spec.heads, spec.pos_weights))
+
+    def loss(params, batch, key):
+        model = nnx.merge(graphdef, params)
+        logits, enc = model(batch, key)
+        parts = {h: bce(v, batch[f"{h}_label"], batch[f"{h}_weight"], pos_weight[h]) for h, v in logits.items()}
+        if "next_item" in spec.heads:
+            targets, weights = next_item_targets(batch["items"], batch["lengths"], batch["weight"])
+            parts["next_item"] = full_softmax_loss(enc.states, model.item_table(), targets, weights, spec.loss_chunk)
+        return sum(weight[h] * v for h, v in parts.items()), parts
+    return loss
+
+
+@dataclasses.dataclass(frozen=True)
+class _Optim:
+    optim: OptimConfig  # what seqjax.train.step.learning_rate / optimizer read
+
+
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    step: Any  # jitted (state, batch) -> (state, metrics), donating the state
+    probs: Any  # jitted (params, batch) -> {binary head: P(label = 1) [B]}
+
+
+@functools.lru_cache(maxsize=16)
+def compiled(graphdef: nnx.GraphDef, spec: StepSpec, mesh) -> Compiled:
+    """The optimizer and the jitted step and prediction functions (as seqjax.train.step: pure step,
+    RNG = fold_in(rng, step), explicit shardings, donated state), one per (model, spec, mesh) in a process."""
+    schedule = learning_rate(_Optim(spec.optim), spec.total_steps)
+    tx = optimizer(_Optim(spec.optim), schedule)
+    loss_fn = make_loss(graphdef, spec)
+
+    def step(state, batch):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"], impl=spec.rng_impl), state["step"])
+        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, key)
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        new = {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state,
+               "step": state["step"] + 1, "rng": state["rng"]}
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]),
+                   "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm), **{f"{h}_loss": v for h, v in parts.items()}}
+        return new, metrics
+
+    def probs(params, batch):
+        logits, _ = nnx.merge(graphdef, params)(batch)
+        return {h: jax.nn.sigmoid(v.astype(jnp.float32)) for h, v in logits.items()}
+
+    rep, split = sharding.replicated(mesh), sharding.logical(mesh, "batch")
+    return Compiled(tx, schedule,
+                    jax.jit(step, in_shardings=(rep, split), out_shardings=(rep, rep), donate_argnums=0),
+                    jax.jit(probs, in_shardings=(rep, split), out_shardings=rep))
+
+
+def model_graphdef(cfg: SequenceTaskConfig, data: TaskData) -> nnx.GraphDef:
+    return nnx.graphdef(nnx.eval_shape(lambda: build_model(cfg, data)))
+
+
+def state_factory(cfg: SequenceTaskConfig, data: TaskData, tx: optax.GradientTransformation, mesh):
+    """(create, abstract_state): `create()` builds the state directly on the mesh (as seqjax.train.step);
+    `abstract_state` carries shapes, dtypes and shardings for restores."""
+    rep = sharding.replicated(mesh)
+
+    def create():
+        return init_state(build_model(cfg, data), tx, cfg.seed, cfg.rng_impl)
+
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), jax.eval_shape(create))
+    return jax.jit(create, out_shardings=rep), abstract
+
+
+def predict_split(probs_fn, params, cfg: SequenceTaskConfig, split: str, table: SideTable, mesh,
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(example index int64 [E], {binary head: prob float32 [E]}) for every example of `split`, in file order."""
+    spec = TaskBatchSpec(cfg.eval_batch_size, cfg.max_len, cfg.seed, cfg.length_buckets())
+    index, out = [], {}
+    for batch in task_eval_batches(cfg.data_path, split, spec):
+        real = batch["weight"] > 0
+        probs = jax.device_get(probs_fn(params, put_batch(attach(batch, table), mesh)))
+        index.append(batch["example"][real])
+        for h, p in probs.items():
+            out.setdefault(h, []).append(np.asarray(p)[real])
+    return (np.concatenate(index) if index else np.zeros(0, np.int64),
+            {h: np.concatenate(v) for h, v in out.items()})
+
+
+def head_metrics(index: np.ndarray, probs: dict[str, np.ndarray], table: SideTable) -> dict[str, float]:
+    """`<head>/<metric>` for every binary head on its labelled examples, `<head>/count`, and each metric
+    averaged over the heads (the value early stopping and the best checkpoint follow)."""
+    out: dict[str, float] = {}
+    for h, p in probs.items():
+        keep = table.labelled[h][index] > 0
+        out.update({f"{h}/{k}": v for k, v in binary_metrics(table.labels[h][index][keep], p[keep]).items()})
+        out[f"{h}/count"] = float(keep.sum())
+    for k in METRICS:
+        out[k] = float(np.mean([out[f"{h}/{k}"] for h in probs]))
+    return out
+
+
+# -- the run directory --------------------------------------------------------------------------------
+
+def bind(workdir: Path, cfg: SequenceTaskConfig, data: TaskData, allow_config_change: bool) -> None:
+    """Records the config and data checksums in a new run dir, or checks them against an existing one."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    resolved = config_lib.to_dict(cfg)
+    path = workdir / CONFIG_FILE
+    if path.exists():
+        changed = config_lib.diff(yaml.safe_load(path.read_text()) or {}, resolved)
+        if changed and not allow_config_change:
+            raise run_dir.RunDirError(f"{workdir} was started with a different config (changed: {', '.join(changed)});"
+                                      " use a new workdir, or allow the config change to resume anyway")
+    check_data(workdir, data)
+    run_dir.write_atomic(path, yaml.safe_dump(resolved, sort_keys=False))
+    run_dir.write_atomic(workdir / DATA_FILE, json.dumps(
+        {str(Path(p).resolve()): c for p, c in data.checksums.items()}, indent=1))
+
+
+def check_data(workdir: Path, data: TaskData) -> None:
+    """Refuses prepared data whose checksum differs from what the run was trained on."""
+    path = workdir / DATA_FILE
+    if not path.exists():
+        return
+    trained = json.loads(path.read_text())
+    for p, checksum in data.checksums.items():
+        before = trained.get(str(Path(p).resolve()))
+        if before is not None and before != checksum:
+            raise run_dir.RunDirError(f"data checksum of {p} differs from the one {workdir} was trained on")
+
+
+def load_task_config(workdir: str | Path) -> SequenceTaskConfig:
+    path = Path(workdir) / CONFIG_FILE
+    if not path.exists():
+        raise run_dir.RunDirError(f"{workdir} has no {CONFIG_FILE}: not a sequence-task run directory")
+    return config_lib.from_dict(SequenceTaskConfig, yaml.safe_load(path.read_text()))
+
+
+def checkpoint_store(workdir: Path, cfg: SequenceTaskConfig) -> CheckpointStore:
+    return CheckpointStore(workdir / "checkpoints", keep_latest=cfg.keep_latest, keep_best=cfg.keep_best,
+                           best_metric=cfg.metric, best_mode=cfg.best_mode)
+
+
+# -- training -----------------------------------------------------------------------------------------
+
+class BinaryTrainer:
+    def __init__(self, cfg: SequenceTaskConfig, workdir: str | Path, allow_config_change: bool = False):
+        cfg.validate()
+        self.cfg = cfg
+        self.workdir = Path(workdir)
+        self.data = resolve_data(cfg)
+        bind(self.workdir, cfg, self.data, allow_config_change)
+        self.mesh = sharding.make_mesh(cfg.num_devices)
+        self.batches = TaskTrainBatches(cfg.data_path, TaskBatchSpec(cfg.batch_size, cfg.max_len, cfg.seed,
+                                                                     cfg.length_buckets()))
+        self.steps_per_epoch = self.batches.batches_per_epoch
+        self.tables = {s: side_table(self.data, s, cfg.data_path) for s in ("train", "valid")}
+        self.compiled = compiled(model_graphdef(cfg, self.data), StepSpec.of(cfg, self.data), self.mesh)
+        self._create, self.abstract_state = state_factory(cfg, self.data, self.compiled.tx, self.mesh)
+        self.step_fn, self.probs_fn = self.compiled.step, self.compiled.probs
+        self.store = checkpoint_store(self.workdir, cfg)
+        self.better = (lambda a, b: a > b) if cfg.best_mode == "max" else (lambda a, b: a < b)
+
+    def _restore(self) -> tuple[dict, Progress, bool]:
+        restored = self.store.restore(self.abstract_state)
+        if restored is None:
+            return self._create(), Progress(), False
+        step, state, meta = restored
+        print(f"resuming from checkpoint step {step} (epoch {meta['progress']['epoch']}, "
+              f"batch {meta['progress']['batch']})", flush=True)
+        return state, Progress(**meta["progress"]), True
+
+    def _save(self, state: dict, progress: Progress, metrics: dict[str, float] | None = None) -> None:
+        step = int(state["step"])
+        if step in self.store.all_steps() and manifest_problem(self.store.directory / str(step)) is None:
+            return  # already saved intact
+        self.store.save(step, state, {"progress": dataclasses.asdict(progress)}, metrics)
+
+    def validate(self, params) -> dict[str, float]:
+        index, probs = predict_split(self.probs_fn, params, self.cfg, "valid", self.tables["valid"], self.mesh)
+        return head_metrics(index, probs, self.tables["valid"])
+
+    def run(self) -> dict[str, Any]:
+        state, progress, resumed = self._restore()
+        if progress.stopped and self._limit_raised(progress, int(state["step"])):
+            print(f"continuing a run that had {progress.stopped}: the config now allows more", flush=True)
+            progress.stopped = ""
+        if progress.stopped:
+            print(f"run in {self.workdir} already finished ({progress.stopped}); nothing to do", flush=True)
+            return self._summary(progress)
+        tb = ScalarWriter(self.workdir / "tensorboard")
+        if resumed:
+            tb.start(int(state["step"]))
+        try:
+            self._epochs(state, progress, tb)
+        finally:
+            tb.close()
+        return self._summary(progress)
+
+    def _limit_raised(self, progress: Progress, step: int) -> bool:
+        """A run stopped by its epoch or step limit goes on when the config raises that limit."""
+        if progress.stopped.startswith("reached epochs="):
+            return progress.epoch < self.cfg.epochs
+        if progress.stopped.startswith("reached max_steps="):
+            return self.cfg.max_steps == 0 or step < self.cfg.max_steps
+        return False
+
+    def _epochs(self, state: dict, progress: Progress, tb: ScalarWriter) -> None:
+        cfg = self.cfg
+        while not progress.stopped:
+            if progress.epoch >= cfg.epochs:
+                progress.stopped = f"reached epochs={cfg.epochs}"
+                break
+            t0 = time.perf_counter()
+            state, hit_max_steps = self._train_epoch(state, progress, tb)
+            if hit_max_steps:
+                progress.stopped = f"reached max_steps={cfg.max_steps}"
+                break
+            progress.epoch_seconds.append(time.perf_counter() - t0)
+            progress.epoch, progress.batch = progress.epoch + 1, 0
+            metrics = None
+            if progress.epoch % cfg.eval_every_epochs == 0 or progress.epoch == cfg.epochs:
+                metrics = self._validate_and_track(state, progress, tb)
+            if progress.epoch == cfg.epochs:
+                progress.stopped = f"reached epochs={cfg.epochs}"
+            self._save(state, progress, metrics)
+            tb.flush()
+        self._save(state, progress)
+
+    def _validate_and_track(self, state: dict, progress: Progress, tb: ScalarWriter) -> dict[str, float]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        metrics = self.validate(state["params"])
+        progress.eval_seconds.append(time.perf_counter() - t0)
+        step = int(state["step"])
+        tb.scalars(step, {f"valid/{k}": v for k, v in metrics.items() if math.isfinite(v)})
+        value = metrics[cfg.metric]  # NaN when a head's validation labels hold one class: never the best
+        if math.isfinite(value) and (progress.best_metric is None or self.better(value, progress.best_metric)):
+            progress.best_metric, progress.best_step, progress.best_epoch = value, step, progress.epoch
+            progress.bad_evals = 0
+        else:
+            progress.bad_evals += 1
+        heads = "  ".join(f"{h} {metrics[f'{h}/{cfg.metric}']:.4f} (ROC-AUC {metrics[f'{h}/ROC-AUC']:.4f})"
+                          for h in self.data.sources)
+        best = "none yet" if progress.best_metric is None else \
+            f"{progress.best_metric:.4f} at epoch {progress.best_epoch}"
+        print(f"epoch {progress.epoch}: valid {cfg.metric}: {heads} (best {best}); "
+              f"train {progress.epoch_seconds[-1]:.1f}s, valid {progress.eval_seconds[-1]:.1f}s", flush=True)
+        if cfg.patience and progress.bad_evals >= cfg.patience and progress.epoch < cfg.epochs:
+            progress.stopped = f"early stop: no {cfg.metric} gain in {cfg.patience} evaluations"
+        return metrics
+
+    def _train_epoch(self, state: dict, progress: Progress, tb: ScalarWriter) -> tuple[dict, bool]:
+        cfg = self.cfg
+        n = self.steps_per_epoch
+        table = self.tables["train"]
+        batches = self.batches.epoch(progress.epoch, progress.batch, cfg.reader_threads)
+        bar = tqdm(total=n, initial=progress.batch, desc=f"epoch {progress.epoch + 1}/{cfg.epochs}", unit="batch",
+                   file=sys.stdout, mininterval=1.0 if sys.stdout.isatty() else 15.0, leave=False)
+        pending: list[tuple[int, dict]] = []
+        window = {"t": time.perf_counter(), "examples": 0}
+
+        def drain():  # metrics read a step late: no host sync per step
+            for step, m in pending:
+                m = jax.device_get(m)
+                if not m["finite"]:
+                    latest = max(self.store.all_steps(), default=None)
+                    raise TrainingDiverged(f"non-finite loss or gradient at step {step + 1} (loss={m['loss']}); "
+                                           f"stopped; last good checkpoint: step {latest}")
+                if (step + 1) % cfg.log_every_steps == 0:
+                    now = time.perf_counter()
+                    rate = window["examples"] / max(now - window["t"], 1e-9)
+                    tb.scalars(step + 1, {**{f"train/{k}": v for k, v in m.items() if k != "finite"},
+                                          "train/examples_per_sec": rate})
+                    bar.set_postfix(loss=f"{m['loss']:.4f}", ex_s=f"{rate:.0f}", refresh=False)
+                    window.update(t=now, examples=0)
+            pending.clear()
+
+        try:
+            for b in range(progress.batch, n):
+                global_step = progress.epoch * n + b
+                if cfg.max_steps and global_step >= cfg.max_steps:
+                    drain()
+                    return state, True
+                host = next(batches)
+                state, metrics = self.step_fn(state, put_batch(attach(host, table), self.mesh))
+                drain()
+                pending.append((global_step, metrics))
+                window["examples"] += int(host["weight"].sum())
+                bar.update(1)
+                progress.batch = b + 1
+                if cfg.checkpoint_every_steps and (b + 1) < n and (global_step + 1) % cfg.checkpoint_every_steps == 0:
+                    drain()  # a checkpoint only after its step's loss is known to be finite
+                    self._save(state, progress)
+            drain()
+        finally:
+            bar.close()
+        return state, False
+
+    def _summary(self, progress: Progress) -> dict[str, Any]:
+        steady = progress.epoch_seconds[1:] or progress.epoch_seconds
+        summary = {
+            "stopped": progress.stopped, "epochs": progress.epoch, "heads": list(self.data.heads),
+            "best_epoch": progress.best_epoch, "best_step": progress.best_step,
+            "best_valid": {self.cfg.metric: progress.best_metric},
+            "seconds_per_epoch_steady": float(np.median(steady)) if steady else None,
+            "first_epoch_seconds_incl_compile": progress.epoch_seconds[0] if progress.epoch_seconds else None,
+            "valid_seconds_mean": float(np.mean(progress.eval_seconds)) if progress.eval_seconds else None,
+            "train_seconds_total": float(np.sum(progress.epoch_seconds)),
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "steps_per_epoch": self.steps_per_epoch,
+        }
+        if progress.best_step is not None:
+            best = self.store.metrics_of(progress.best_step) if progress.best_step in self.store.all_steps() else None
+            if best:
+                summary["best_valid"] = {k: v for k, v in best.items() if "/" in k or k == self.cfg.metric}
+        run_dir.write_atomic(self.workdir / "summary.json", json.dumps(summary, indent=1))
+        return summary
+
+
+def train_sequence_task(cfg: SequenceTaskConfig, workdir: str | Path, allow_config_change: bool = False,
+                        ) -> dict[str, Any]:
+    return BinaryTrainer(cfg, workdir, allow_config_change).run()
+
+
+# -- prediction -----------------------------------------------------------------------------------
+
+def _restore_params(workdir: Path, cfg: SequenceTaskConfig, data: TaskData, mesh, checkpoint: str):
+    """(compiled functions, params, how the step was chosen) of `checkpoint`: best, latest or a step number."""
+    comp = compiled(model_graphdef(cfg, data), StepSpec.of(cfg, data), mesh)
+    _, abstract = state_factory(cfg, data, comp.tx, mesh)
+    store = checkpoint_store(workdir, cfg)
+    steps = store.all_steps()
+    if not steps:
+        raise run_dir.RunDirError(f"no checkpoints under {store.directory}: train first")
+    if checkpoint == "best":
+        step = store.best_step()
+        chosen = f"best validation {cfg.metric}" if step is not None else "latest (no validation metric saved)"
+        step = max(steps) if step is None else step
+    elif checkpoint == "latest":
+        step, chosen = store.latest_intact_step(), "latest"
+    else:
+        step, chosen = int(checkpoint), f"step {checkpoint}, as asked"
+    restored_step, state, _ = store.restore(abstract, step=step)
+    return comp, state["params"], {"step": restored_step, "chosen": chosen}
+
+
+def _predict(workdir: Path, split: str, checkpoint: str):
+    cfg = load_task_config(workdir)
+    data = resolve_data(cfg)
+    check_data(workdir, data)
+    mesh = sharding.make_mesh(cfg.num_devices)
+    comp, params, chosen = _restore_params(workdir, cfg, data, mesh, checkpoint)
+    table = side_table(data, split, cfg.data_path)
+    index, probs = predict_split(comp.probs, params, cfg, split, table, mesh)
+    return cfg, table, index, probs, chosen
+
+
+def predict(workdir: str | Path, split: str = "test", checkpoint: str = "best",
+            ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{binary head: (example index int64 [E], P(label = 1) float32 [E])}: every example of `split` once,
+    in file order (the index is the row of DATA_DIR/task/<split>.parquet). `checkpoint`: best (by
+    validation metric; the latest when none was saved), latest, or a step number."""
+    _, _, index, probs, _ = _predict(Path(workdir), split, checkpoint)
+    return {h: (index, p) for h, p in probs.items()}
+
+
+def scored_examples(workdir: str | Path, split: str = "test", checkpoint: str = "best",
+                    ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
+    """What a binary evaluation needs, per binary head, over the examples that have that head's label:
+    {"example", "user" (the bootstrap group), "label", "prob"} arrays [E_h]; and {"step", "chosen"}, the
+    checkpoint used."""
+    cfg, table, index, probs, chosen = _predict(Path(workdir), split, checkpoint)
+    users = pq.read_table(Path(cfg.data_path) / TASK_DIR / f"{split}.parquet", columns=["user"]).column("user")
+    users = users.to_numpy()[index]
+    out = {}
+    for h, p in probs.items():
+        keep = table.labelled[h][index] > 0
+        out[h] = {"example": index[keep], "user": users[keep], "label": table.labels[h][index][keep], "prob": p[keep]}
+    return out, chosen
+
+
+def head_labels(cfg: SequenceTaskConfig, split: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{binary head: (example index int64, label int32)} of the examples of `split` that have that head's label."""
+    table = side_table(resolve_data(cfg), split, cfg.data_path)
+    return {h: (np.flatnonzero(table.labelled[h] > 0), table.labels[h][table.labelled[h] > 0]) for h in table.labels}
