@@ -43,6 +43,7 @@ import pyarrow as pa
 from seqjax.config import ConfigError
 from seqjax.data.formats.base import PrepareError
 from seqjax.data.schema import EVENT_ID, SPLITS
+from seqjax.data.timestamps import parse_time
 
 PURCHASE = EVENT_ID["purchase"]
 DAY = 86_400
@@ -143,20 +144,7 @@ def zone(name: str) -> zoneinfo.ZoneInfo:
 
 def parse_instant(text: str | float, timezone: str, what: str) -> int:
     """Unix seconds, or an ISO date / date-time (naive ones are local times in `timezone`) -> unix seconds."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return int(np.floor(text))
-    s = str(text).strip()
-    try:
-        return int(np.floor(float(s)))
-    except ValueError:
-        pass
-    try:
-        t = dt.datetime.fromisoformat(s)
-    except ValueError:
-        raise ConfigError(f"{what}: cannot read {text!r} as an ISO date/time or unix seconds") from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=zone(timezone))
-    return int(np.floor(t.timestamp()))
+    return parse_time(text, what, zone(timezone), ConfigError)
 
 
 def local_iso(seconds: int, timezone: str) -> str:

@@ -30,8 +30,11 @@ _ZONE = r"(Z|[+-]\d{2}(:?\d{2})?)$"
 BAD, NUMBER, ISO = 0, 1, 2
 
 
-def parse_time(text: str | int | float, what: str) -> int:
-    """One time given by a person (config, cut, range bound): ISO date/time or unix seconds -> seconds."""
+def parse_time(text: str | int | float, what: str, tzinfo: dt.tzinfo = dt.timezone.utc,
+               error: type[ValueError] = PrepareError) -> int:
+    """One time given by a person (config, cut, range bound): ISO date/time or unix seconds -> seconds.
+
+    A naive date/time is local time in `tzinfo`; a bad value raises `error` naming `what`."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         return int(np.floor(text))
     s = str(text).strip()
@@ -42,9 +45,9 @@ def parse_time(text: str | int | float, what: str) -> int:
     try:
         t = dt.datetime.fromisoformat(s)
     except ValueError:
-        raise PrepareError(f"{what}: cannot read {text!r} as a date, ISO-8601 time or unix seconds") from None
+        raise error(f"{what}: cannot read {text!r} as a date, ISO-8601 time or unix seconds") from None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
+        t = t.replace(tzinfo=tzinfo)
     return int(np.floor(t.timestamp()))
 
 

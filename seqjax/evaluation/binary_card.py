@@ -56,6 +56,22 @@ def protocol_card(cfg: ExperimentConfig, metadata: dict[str, Any], split: str, s
     }
 
 
+def write_outputs(out: Path, columns: dict[str, np.ndarray], labels: np.ndarray, probs: np.ndarray,
+                  title: str) -> dict[str, str]:
+    """Writes the per-example CSV (`columns`, in order; floats at full precision so the metrics can be
+    recomputed from it) and the reliability PNG beside `out`; returns their paths."""
+    import csv
+
+    from seqjax.evaluation.reliability import reliability_plot
+    per_example, png = out.with_suffix(".per_example.csv"), out.with_suffix(".reliability.png")
+    with per_example.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(list(columns))
+        w.writerows(zip(*(np.asarray(v).tolist() for v in columns.values())))
+    reliability_plot(labels, probs, png, title)
+    return {"per_example": str(per_example), "reliability": str(png)}
+
+
 def print_table(metrics: dict[str, float], ci: dict[str, list[float]], card: dict[str, Any]) -> None:
     task, bal, thr = card["task"], card["split"]["class_balance"], card["threshold"]
     rate = "n/a" if bal["positive_rate"] is None else f"{bal['positive_rate']:.1%}"

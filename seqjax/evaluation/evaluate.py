@@ -107,7 +107,6 @@ def evaluate_binary(workdir: Path, cfg: ExperimentConfig, metadata: dict[str, An
     if cfg.model.kind not in BINARY_ONLY_KINDS:
         raise run_dir.RunDirError(f"model.kind={cfg.model.kind}: evaluating a neural {cfg.task} run is not wired "
                                   "into `seqjax evaluate` yet")
-    from seqjax.evaluation.reliability import reliability_plot
     from seqjax.train import classical_tasks
     summary = classical_tasks.load_summary(workdir)
     scores = classical_tasks.score(workdir, cfg, metadata, split)
@@ -122,15 +121,10 @@ def evaluate_binary(workdir: Path, cfg: ExperimentConfig, metadata: dict[str, An
     binary_card.print_table(metrics, ci, card)
     out = Path(json_path) if json_path else workdir / "eval" / f"{split}_{cfg.model.kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    per_example, png = out.with_suffix(".per_example.csv"), out.with_suffix(".reliability.png")
-    with per_example.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["user", "item", "cutoff", "label", "prob"])
-        w.writerows(zip(*(scores[k].tolist() for k in ("user", "item", "cutoff", "label", "prob"))))
-    reliability_plot(labels, probs, png, f"{cfg.model.kind} | {cfg.task} | {split}")
-    result["files"] = {"per_example": str(per_example), "reliability": str(png)}
+    result["files"] = binary_card.write_outputs(out, {k: scores[k] for k in ("user", "item", "cutoff", "label", "prob")},
+                                                labels, probs, f"{cfg.model.kind} | {cfg.task} | {split}")
     out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}, {per_example} and {png}")
+    print(f"wrote {out}, {result['files']['per_example']} and {result['files']['reliability']}")
     return result
 
 

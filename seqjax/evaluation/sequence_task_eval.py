@@ -4,7 +4,6 @@ scores and card fields as the classical binary evaluation."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -13,12 +12,10 @@ import numpy as np
 
 from seqjax.config import to_dict
 from seqjax.evaluation import binary_card
-from seqjax.evaluation.binary import ECE_BINS, binary_metrics, best_f1_threshold, bootstrap_ci
+from seqjax.evaluation.binary import ECE_BINS, best_f1_threshold, binary_metrics, bootstrap_ci
+from seqjax.evaluation.evaluate import BOOTSTRAP_RESAMPLES, CI_LEVEL
 from seqjax.train import run_dir
 from seqjax.train.binary_loop import load_task_config, scored_examples
-
-BOOTSTRAP_RESAMPLES = 1000
-CI_LEVEL = 0.95
 
 
 def evaluate_sequence_task(workdir: str | Path, split: str = "test", checkpoint: str = "best",
@@ -48,7 +45,7 @@ def evaluate_sequence_task(workdir: str | Path, split: str = "test", checkpoint:
         "split": {"evaluated": split, "class_balance": binary_card.class_balance(labels)},
         "model": {"kind": f"sequence/{cfg.encoder.kind}", "encoder": to_dict(cfg.encoder),
                   "heads": list(cfg.heads) or [proto.get("task")], "checkpoint": chosen},
-        "threshold": {"value": threshold, "chosen": f"maximises F1 on the valid split at the same checkpoint",
+        "threshold": {"value": threshold, "chosen": "maximises F1 on the valid split at the same checkpoint",
                       "applies_to": "accuracy, precision, recall and F1: positive when prob >= threshold"},
         "metrics": {"ranking": "ROC-AUC (ties count 1/2) and PR-AUC (average precision, no interpolation)",
                     "calibration": f"ECE over {ECE_BINS} equal-width bins; Brier; log_loss clipped to float64 eps",
@@ -61,14 +58,9 @@ def evaluate_sequence_task(workdir: str | Path, split: str = "test", checkpoint:
     binary_card.print_table(metrics, ci, card)
     out = Path(json_path) if json_path else workdir / "eval" / f"{split}_{head}_step{chosen['step']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    per_example, png = out.with_suffix(".per_example.csv"), out.with_suffix(".reliability.png")
-    with per_example.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["example", "user", "label", "prob"])
-        w.writerows(zip(s["example"].tolist(), s["user"].tolist(), labels.tolist(), probs.tolist()))
-    from seqjax.evaluation.reliability import reliability_plot
-    reliability_plot(labels, probs, png, f"sequence/{cfg.encoder.kind} | {head} | {split}")
-    result["files"] = {"per_example": str(per_example), "reliability": str(png)}
+    result["files"] = binary_card.write_outputs(
+        out, {"example": s["example"], "user": s["user"], "label": labels, "prob": probs}, labels, probs,
+        f"sequence/{cfg.encoder.kind} | {head} | {split}")
     out.write_text(json.dumps(result, indent=1, default=str))
-    print(f"wrote {out}, {per_example} and {png}")
+    print(f"wrote {out}, {result['files']['per_example']} and {result['files']['reliability']}")
     return result
