@@ -56,9 +56,9 @@ from seqjax.data.task_pipeline import SEQUENCE_FIELDS, TaskBatchSpec, TaskTrainB
 from seqjax.evaluation.binary import METRICS, binary_metrics
 from seqjax.models.event_encoder import BINARY_HEADS, EventEncoderConfig, MultiTaskModel
 from seqjax.train import run_dir
-from seqjax.train.checkpoint import CheckpointStore, manifest_problem
+from seqjax.train.checkpoint import CheckpointStore
 from seqjax.train.config import OptimConfig
-from seqjax.train.loop import Progress, TrainingDiverged
+from seqjax.train.loop import CheckpointedRun, Progress, TrainingDiverged
 from seqjax.train.losses import full_softmax_loss
 from seqjax.train.step import init_state, learning_rate, optimizer, put_batch
 from seqjax.train.tensorboard import ScalarWriter
@@ -455,7 +455,7 @@ def checkpoint_store(workdir: Path, cfg: SequenceTaskConfig) -> CheckpointStore:
 
 # -- training -----------------------------------------------------------------------------------------
 
-class BinaryTrainer:
+class BinaryTrainer(CheckpointedRun):
     def __init__(self, cfg: SequenceTaskConfig, workdir: str | Path, allow_config_change: bool = False):
         cfg.validate()
         self.cfg = cfg
@@ -472,21 +472,6 @@ class BinaryTrainer:
         self.step_fn, self.probs_fn = self.compiled.step, self.compiled.probs
         self.store = checkpoint_store(self.workdir, cfg)
         self.better = (lambda a, b: a > b) if cfg.best_mode == "max" else (lambda a, b: a < b)
-
-    def _restore(self) -> tuple[dict, Progress, bool]:
-        restored = self.store.restore(self.abstract_state)
-        if restored is None:
-            return self._create(), Progress(), False
-        step, state, meta = restored
-        print(f"resuming from checkpoint step {step} (epoch {meta['progress']['epoch']}, "
-              f"batch {meta['progress']['batch']})", flush=True)
-        return state, Progress(**meta["progress"]), True
-
-    def _save(self, state: dict, progress: Progress, metrics: dict[str, float] | None = None) -> None:
-        step = int(state["step"])
-        if step in self.store.all_steps() and manifest_problem(self.store.directory / str(step)) is None:
-            return  # already saved intact
-        self.store.save(step, state, {"progress": dataclasses.asdict(progress)}, metrics)
 
     def validate(self, params) -> dict[str, float]:
         index, probs = predict_split(self.probs_fn, params, self.cfg, "valid", self.tables["valid"], self.mesh)

@@ -58,7 +58,27 @@ class Progress:
     eval_seconds: list[float] = dataclasses.field(default_factory=list)
 
 
-class Trainer:
+class CheckpointedRun:
+    """Restore-or-create and save-once over a CheckpointStore, shared by the next-item and sequence-task
+    trainers. Subclasses set `store`, `abstract_state` and `_create`."""
+
+    def _restore(self) -> tuple[dict, Progress, bool]:
+        restored = self.store.restore(self.abstract_state)
+        if restored is None:
+            return self._create(), Progress(), False
+        step, state, meta = restored
+        print(f"resuming from checkpoint step {step} (epoch {meta['progress']['epoch']}, "
+              f"batch {meta['progress']['batch']})", flush=True)
+        return state, Progress(**meta["progress"]), True
+
+    def _save(self, state: dict, progress: Progress, metrics: dict[str, float] | None = None) -> None:
+        step = int(state["step"])
+        if step in self.store.all_steps() and manifest_problem(self.store.directory / str(step)) is None:
+            return  # already saved intact (e.g. the epoch-end save of the final step)
+        self.store.save(step, state, {"progress": dataclasses.asdict(progress)}, metrics)
+
+
+class Trainer(CheckpointedRun):
     def __init__(self, cfg: ExperimentConfig, workdir: str | Path, allow_config_change: bool = False):
         self.cfg = cfg
         self.workdir = Path(workdir)
@@ -85,22 +105,6 @@ class Trainer:
         self.step_fn = make_train_step(self.graphdef, self.tx, self.schedule, cfg, self.mesh,
                                        self.batches.positions_per_batch, times, popularity)
         self.rank_fn = make_rank_fn(self.graphdef, self.mesh, run_dir.filter_seen(cfg, self.metadata), times)
-
-    # -- state -------------------------------------------------------------------------------
-    def _restore(self) -> tuple[dict, Progress, bool]:
-        restored = self.store.restore(self.abstract_state)
-        if restored is None:
-            return self._create(), Progress(), False
-        step, state, meta = restored
-        print(f"resuming from checkpoint step {step} (epoch {meta['progress']['epoch']}, "
-              f"batch {meta['progress']['batch']})", flush=True)
-        return state, Progress(**meta["progress"]), True
-
-    def _save(self, state: dict, progress: Progress, metrics: dict[str, float] | None = None) -> None:
-        step = int(state["step"])
-        if step in self.store.all_steps() and manifest_problem(self.store.directory / str(step)) is None:
-            return  # already saved intact (e.g. the epoch-end save of the final step)
-        self.store.save(step, state, {"progress": dataclasses.asdict(progress)}, metrics)
 
     # -- validation --------------------------------------------------------------------------
     def validate(self, params) -> dict[str, float]:
