@@ -82,3 +82,41 @@ def test_epoch_loss_norm_divides_the_summed_loss_by_a_fixed_denominator():
     mean = full_softmax_loss(h, table, targets, weights, 4)
     fixed = full_softmax_loss(h, table, targets, weights, 4, denominator=20.0)
     np.testing.assert_allclose(fixed * 20.0, mean * 8.0, rtol=1e-6)  # both are the same sum over 8 positions
+
+
+def _layer_norm(x, scale, bias, eps=1e-6):
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * scale + bias
+
+
+def test_sasrec_layout_block_is_the_authors_wiring():
+    """Queries from LN(x), keys and values from raw x; residuals restart from the normalised tensors."""
+    from flax import nnx
+
+    from seqjax.models.transformer import Block
+
+    block = Block(8, 2, 8, 0.0, causal=True, activation=jax.nn.relu, init_std=0.3, layout="sasrec",
+                  rngs=nnx.Rngs(0))
+    x = np.asarray(jax.random.normal(jax.random.key(3), (1, 5, 8)))
+    got = np.asarray(block(jnp.asarray(x), jnp.array([5]), None, "reference"))
+    p = lambda lin: (np.asarray(lin.kernel[...]), np.asarray(lin.bias[...]))
+    ln = lambda norm, a: _layer_norm(a, np.asarray(norm.scale[...]), np.asarray(norm.bias[...]), norm.epsilon)
+    normed = ln(block.norm_attn, x[0])
+    (wq, bq), (wkv, bkv), (wo, bo) = p(block.q), p(block.kv), p(block.out)
+    q, kv = normed @ wq + bq, x[0] @ wkv + bkv
+    k, v = kv[:, :8], kv[:, 8:]
+    heads = []
+    for h in range(2):
+        s = q[:, 4 * h:4 * h + 4] @ k[:, 4 * h:4 * h + 4].T / 2.0
+        s = np.where(np.tril(np.ones((5, 5), bool)), s, -np.inf)
+        a = np.exp(s - s.max(-1, keepdims=True))
+        heads.append((a / a.sum(-1, keepdims=True)) @ v[:, 4 * h:4 * h + 4])
+    n = ln(block.norm_ffn, normed + np.concatenate(heads, -1) @ wo + bo)
+    (w1, b1), (w2, b2) = p(block.ffn_in), p(block.ffn_out)
+    want = n + np.maximum(n @ w1 + b1, 0) @ w2 + b2
+    np.testing.assert_allclose(got[0], want, atol=F32_ATOL)
+
+
+def test_unknown_block_layout_is_refused_at_config_load():
+    with pytest.raises(config_lib.ConfigError, match="model.sasrec.layout"):
+        config_lib.load(ExperimentConfig, None, ["model.sasrec.layout=post_ln"])

@@ -15,7 +15,7 @@ from flax import nnx
 
 from seqjax.models.attention import Implementation
 from seqjax.models.next_item import NextItemModel
-from seqjax.models.transformer import Block
+from seqjax.models.transformer import LAYOUTS, Block, Layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,10 +29,14 @@ class SASRecConfig:
     linear_init_std: float = 0.0  # std of the normal init of every dense kernel; 0 = LeCun normal
     # (flax's default). 0.02 is the BERT/GPT-2 init that K&V's SASRec+ uses: small residual branches at
     # the start, so the item embeddings dominate the residual stream early in training.
+    layout: Layout = "pre_ln"  # block wiring: pre_ln (GPT-2) or sasrec (the authors' code, K&V's SASRec+);
+    # see seqjax/models/transformer.py
 
     def validate(self) -> None:
         if self.dim % self.heads:
             raise ValueError(f"model.sasrec.dim={self.dim} is not divisible by model.sasrec.heads={self.heads}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"model.sasrec.layout={self.layout!r} is not one of {LAYOUTS}")
         if self.linear_init_std < 0:
             raise ValueError(f"model.sasrec.linear_init_std={self.linear_init_std} must be >= 0")
         if not 0.0 <= self.dropout < 1.0:
@@ -51,7 +55,7 @@ class SASRec(NextItemModel):
             num_items + 1, cfg.dim, embedding_init=init, rngs=rngs)
         self.blocks = nnx.List([Block(cfg.dim, cfg.heads, cfg.ffn_mult * cfg.dim, cfg.dropout, causal=True,
                                       activation=jax.nn.relu,  # ReLU, as in the paper
-                                      init_std=cfg.linear_init_std, rngs=rngs)
+                                      init_std=cfg.linear_init_std, layout=cfg.layout, rngs=rngs)
                                 for _ in range(cfg.blocks)])
         self.final_norm = nnx.LayerNorm(cfg.dim, rngs=rngs)
         self.drop = nnx.Dropout(cfg.dropout)
@@ -62,10 +66,12 @@ class SASRec(NextItemModel):
         `key` enables dropout (training); None means deterministic inference.
         """
         t = items.shape[1]
-        keys = None if key is None else jax.random.split(key, 1 + 2 * len(self.blocks))
+        per_block = self.blocks[0].num_keys if len(self.blocks) else 0
+        keys = None if key is None else jax.random.split(key, 1 + per_block * len(self.blocks))
         x = self.item_embed(items) * jnp.sqrt(self.item_embed.features).astype(jnp.float32)
         x = x + self.pos_embed(jnp.arange(t))[None]
         x = self.drop(x, deterministic=keys is None, rngs=None if keys is None else keys[0])
         for i, block in enumerate(self.blocks):
-            x = block(x, lengths, None if keys is None else keys[1 + 2 * i: 3 + 2 * i], self.attention_impl)
+            block_keys = None if keys is None else keys[1 + per_block * i: 1 + per_block * (i + 1)]
+            x = block(x, lengths, block_keys, self.attention_impl)
         return self.final_norm(x)

@@ -1,11 +1,16 @@
-"""The pre-LN Transformer block shared by SASRec (causal, ReLU) and BERT4Rec (bidirectional, GELU).
+"""The Transformer block shared by SASRec (causal, ReLU), BERT4Rec (bidirectional, GELU) and the event encoder.
 
-x + Dropout(Attn(LN(x))), then x + Dropout(FFN(LN(x))). Shapes: B batch, T time, D width.
+Two wirings (`layout`), shapes B batch, T time, D width:
+- `pre_ln`: x + Dropout(Attn(LN(x))), then x + Dropout(FFN(LN(x))) (GPT-2 style).
+- `sasrec`: the SASRec authors' code (kept by pmixer's PyTorch port and K&V's SASRec+): queries from
+  q = LN(x), keys and values from x itself, and the residual stream restarts from the normalised
+  tensors: y = q + Dropout(Attn), then n = LN(y), n + Dropout(FFN(n)) with dropout also inside the FFN.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -13,33 +18,57 @@ from flax import nnx
 
 from seqjax.models.attention import Implementation, attention
 
+Layout = Literal["pre_ln", "sasrec"]
+LAYOUTS: tuple[str, ...] = ("pre_ln", "sasrec")
+
 
 class Block(nnx.Module):
     def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, *, causal: bool,
-                 activation: Callable[[jax.Array], jax.Array], init_std: float = 0.0, rngs: nnx.Rngs):
+                 activation: Callable[[jax.Array], jax.Array], init_std: float = 0.0,
+                 layout: Layout = "pre_ln", rngs: nnx.Rngs):
         """`init_std` > 0: normal init of the dense kernels with that std; 0: LeCun normal."""
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown block layout {layout!r}; expected one of {LAYOUTS}")
         self.heads = heads
         self.causal = causal
         self.activation = activation
+        self.layout = layout
         init = nnx.initializers.normal(init_std) if init_std > 0 else nnx.initializers.lecun_normal()
         linear = lambda i, o: nnx.Linear(i, o, kernel_init=init, rngs=rngs)
         self.norm_attn = nnx.LayerNorm(dim, rngs=rngs)
-        self.qkv = linear(dim, 3 * dim)
+        if layout == "pre_ln":
+            self.qkv = linear(dim, 3 * dim)
+        else:  # queries see the normalised stream, keys and values the raw one: two projections
+            self.q = linear(dim, dim)
+            self.kv = linear(dim, 2 * dim)
         self.out = linear(dim, dim)
         self.norm_ffn = nnx.LayerNorm(dim, rngs=rngs)
         self.ffn_in = linear(dim, ffn_dim)
         self.ffn_out = linear(ffn_dim, dim)
         self.drop = nnx.Dropout(dropout)
 
+    @property
+    def num_keys(self) -> int:
+        """PRNG keys one training call consumes (one per dropout site)."""
+        return 2 if self.layout == "pre_ln" else 3
+
     def __call__(self, x: jax.Array, lengths: jax.Array, keys: jax.Array | None,
                  implementation: Implementation) -> jax.Array:
-        """x [B, T, D], lengths [B]; `keys` (two PRNG keys) enables dropout, None is inference."""
+        """x [B, T, D], lengths [B]; `keys` ([num_keys] PRNG keys) enables dropout, None is inference."""
         b, t, d = x.shape
         train = keys is not None
-        q, k, v = jnp.split(self.qkv(self.norm_attn(x)), 3, axis=-1)
+        drop = lambda a, i: self.drop(a, deterministic=not train, rngs=keys[i] if train else None)
         split = lambda a: a.reshape(b, t, self.heads, d // self.heads)
+        normed = self.norm_attn(x)
+        if self.layout == "pre_ln":
+            q, k, v = jnp.split(self.qkv(normed), 3, axis=-1)
+        else:
+            q = self.q(normed)
+            k, v = jnp.split(self.kv(x), 2, axis=-1)
         a = attention(split(q), split(k), split(v), lengths, causal=self.causal, implementation=implementation)
-        a = self.out(a.reshape(b, t, d))
-        x = x + self.drop(a, deterministic=not train, rngs=keys[0] if train else None)
-        h = self.ffn_out(self.activation(self.ffn_in(self.norm_ffn(x))))
-        return x + self.drop(h, deterministic=not train, rngs=keys[1] if train else None)
+        a = drop(self.out(a.reshape(b, t, d)), 0)
+        if self.layout == "pre_ln":
+            x = x + a
+            return x + drop(self.ffn_out(self.activation(self.ffn_in(self.norm_ffn(x)))), 1)
+        n = self.norm_ffn(normed + a)
+        return n + drop(self.ffn_out(drop(self.activation(self.ffn_in(n)), 1)), 2)
