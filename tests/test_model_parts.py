@@ -14,14 +14,18 @@ from seqjax.train.losses import dense_softmax_loss, full_softmax_loss
 F32_ATOL = 1e-5
 
 
+@pytest.mark.parametrize("skip_padding", [True, False])
 @pytest.mark.parametrize("chunk", [3, 16, 64])
-def test_chunked_loss_equals_dense_forward_and_gradients(chunk):
+def test_chunked_loss_equals_dense_forward_and_gradients(chunk, skip_padding):
     k = jax.random.split(jax.random.key(0), 4)
     h = jax.random.normal(k[0], (3, 7, 8))
     table = jax.random.normal(k[1], (12, 8))
     weights = (jax.random.uniform(k[3], (3, 7)) > 0.3).astype(jnp.float32)
+    weights = weights.at[1, 2:].set(0.0)  # a mostly padded row: whole chunks of padding once sorted
     targets = jnp.where(weights > 0, jax.random.randint(k[2], (3, 7), 1, 12), 0)
-    fast = jax.value_and_grad(lambda h, t: full_softmax_loss(h, t, targets, weights, chunk), argnums=(0, 1))(h, table)
+    fast = jax.jit(jax.value_and_grad(lambda h, t: full_softmax_loss(h, t, targets, weights, chunk,
+                                                                     skip_padding=skip_padding),
+                                      argnums=(0, 1)))(h, table)
     slow = jax.value_and_grad(lambda h, t: dense_softmax_loss(h, t, targets, weights), argnums=(0, 1))(h, table)
     for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(slow)):
         np.testing.assert_allclose(a, b, atol=F32_ATOL)

@@ -32,33 +32,78 @@ def _chunk_fwd(hidden, targets, weights, items):
     return loss, (hidden, targets, weights, items, lse)  # only [C] extra: the logits are recomputed
 
 
-def _chunk_bwd(res, g):
+def _chunk_grads(hidden, targets, weights, items, lse, g):
     """d loss / d logits = w * (softmax - onehot(target)), from the saved log-sum-exp: one matmul to
-    recompute the logits, one exp, two matmuls for the gradients; no [C, V] tensor is kept."""
-    hidden, targets, weights, items, lse = res
+    recompute the logits, one exp, two matmuls for the gradients; no [C, V] tensor is kept.
+    Returns (d_hidden [C, D] in hidden's dtype, d_items [V, D] float32)."""
     w = jnp.where(weights > 0, weights, 0.0) * g
     logits = jnp.einsum("cd,vd->cv", hidden, items, preferred_element_type=jnp.float32)
     onehot = jnp.arange(items.shape[0])[None, :] == (targets - 1)[:, None]
     dlogits = (jnp.exp(logits - lse[:, None]) - onehot) * w[:, None]
     d_hidden = jnp.einsum("cv,vd->cd", dlogits, items.astype(jnp.float32)).astype(hidden.dtype)
-    d_items = jnp.einsum("cv,cd->vd", dlogits, hidden.astype(jnp.float32)).astype(items.dtype)
-    return d_hidden, None, None, d_items
+    return d_hidden, jnp.einsum("cv,cd->vd", dlogits, hidden.astype(jnp.float32))
+
+
+def _chunk_bwd(res, g):
+    hidden, targets, weights, items, lse = res
+    d_hidden, d_items = _chunk_grads(hidden, targets, weights, items, lse, g)
+    return d_hidden, None, None, d_items.astype(items.dtype)
 
 
 _chunk_loss.defvjp(_chunk_fwd, _chunk_bwd)
 
 
+def _active_chunks_loss(h, y, w, items, active):
+    """Summed loss of the first `active` chunks of h [N, C, D], y, w [N, C]; later chunks are skipped."""
+    return _active_chunks_forward(h, y, w, items, active)[0]
+
+
+def _active_chunks_forward(h, y, w, items, active):
+    def body(i, carry):
+        total, lse = carry
+        loss, chunk_lse = _chunk_forward(h[i], y[i], w[i], items)
+        return total + loss, lse.at[i].set(chunk_lse)
+
+    init = (jnp.zeros((), jnp.float32), jnp.zeros(y.shape, jnp.float32))
+    return jax.lax.fori_loop(0, active, body, init)
+
+
+def _active_chunks_fwd(h, y, w, items, active):
+    total, lse = _active_chunks_forward(h, y, w, items, active)
+    return total, (h, y, w, items, active, lse)
+
+
+def _active_chunks_bwd(res, g):
+    h, y, w, items, active, lse = res
+
+    def body(i, carry):
+        d_h, d_items = carry
+        d_chunk, d_chunk_items = _chunk_grads(h[i], y[i], w[i], items, lse[i], g)
+        return d_h.at[i].set(d_chunk), d_items + d_chunk_items
+
+    init = (jnp.zeros_like(h), jnp.zeros(items.shape, jnp.float32))
+    d_h, d_items = jax.lax.fori_loop(0, active, body, init)
+    return d_h, None, None, d_items.astype(items.dtype), None
+
+
+_active_chunks_loss = jax.custom_vjp(_active_chunks_loss)
+_active_chunks_loss.defvjp(_active_chunks_fwd, _active_chunks_bwd)
+
+
 def full_softmax_loss(hidden: jax.Array, table: jax.Array, targets: jax.Array, weights: jax.Array,
-                      chunk_size: int = 512, denominator: float | None = None) -> jax.Array:
+                      chunk_size: int = 512, denominator: float | None = None,
+                      skip_padding: bool = True) -> jax.Array:
     """Mean softmax cross-entropy over positions with weight > 0 (or their sum / `denominator`).
 
     hidden [B, T, D], table [V+1, D] (row 0 = padding, never a candidate), targets [B, T] item ids,
-    weights [B, T] (0 on padding).
+    weights [B, T] (0 on padding). `skip_padding` moves the real positions to the front and scores only
+    the chunks that hold some (a loop with a data-dependent trip count); False scores every chunk, as a
+    fixed `lax.map` (the reference for benchmarks).
     """
     d = hidden.shape[-1]
-    h = hidden.reshape(-1, d)
-    y = targets.reshape(-1)
-    w = weights.reshape(-1).astype(jnp.float32)
+    h = jnp.asarray(hidden).reshape(-1, d)
+    y = jnp.asarray(targets).reshape(-1)
+    w = jnp.asarray(weights).reshape(-1).astype(jnp.float32)
     n = h.shape[0]
     chunk = min(chunk_size, n)
     pad = (-n) % chunk
@@ -67,12 +112,20 @@ def full_softmax_loss(hidden: jax.Array, table: jax.Array, targets: jax.Array, w
         y = jnp.pad(y, (0, pad))
         w = jnp.pad(w, (0, pad))
     chunks = n // chunk + bool(pad)
-    items = table[1:]
-    per_chunk = jax.lax.map(lambda args: _chunk_loss(*args, items),
-                            (h.reshape(chunks, chunk, d), y.reshape(chunks, chunk), w.reshape(chunks, chunk)))
+    items = jnp.asarray(table)[1:]
+    if skip_padding:
+        order = jnp.argsort(w <= 0, stable=True)  # real positions first, in their order
+        h, y, w = h[order], y[order], w[order]
+        active = (jnp.sum(w > 0) + chunk - 1) // chunk
+        total = _active_chunks_loss(h.reshape(chunks, chunk, d), y.reshape(chunks, chunk),
+                                    w.reshape(chunks, chunk), items, active)
+    else:
+        total = jnp.sum(jax.lax.map(lambda args: _chunk_loss(*args, items),
+                                    (h.reshape(chunks, chunk, d), y.reshape(chunks, chunk),
+                                     w.reshape(chunks, chunk))))
     if denominator is not None:
-        return jnp.sum(per_chunk) / denominator
-    return jnp.sum(per_chunk) / jnp.maximum(jnp.sum(w), 1.0)
+        return total / denominator
+    return total / jnp.maximum(jnp.sum(w), 1.0)
 
 
 def dense_softmax_loss(hidden: jax.Array, table: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:

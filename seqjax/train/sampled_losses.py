@@ -267,6 +267,8 @@ class LossConfig:
     sampler: Literal["uniform", "popularity"] = "uniform"  # sampled: how negatives are drawn
     in_batch_logq: bool = True  # in_batch: subtract log popularity of each candidate (needs item counts)
     gbce_t: float = 0.75  # gbce: calibration t in [0, 1]; 0 = plain BCE, 1 = beta equal to the sampling rate
+    skip_padding: bool = True  # full: score only chunks that hold real positions; false scores padding too
+    # (the reference in experiments/epoch_speed.py)
 
     @property
     def needs_popularity(self) -> bool:
@@ -301,7 +303,7 @@ def make_loss(cfg: LossConfig, chunk_size: int = 512, denominator: float | None 
         if cfg.needs_popularity and popularity is None:
             raise ValueError(f"train.loss.kind={cfg.kind} with these options needs item popularity counts")
         if cfg.kind == "full":
-            return full_softmax_loss(hidden, table, targets, weights, chunk_size, denominator)
+            return full_softmax_loss(hidden, table, targets, weights, chunk_size, denominator, cfg.skip_padding)
         if cfg.kind == "sampled":
             return sampled_softmax_loss(hidden, table, targets, weights, key, cfg.num_negatives,
                                         popularity if cfg.sampler == "popularity" else None, chunk_size,
