@@ -197,6 +197,37 @@ def test_multitask_heads_all_train_and_predict_every_example(data, tmp_path):
     own = pq.read_table(data["churn"] / "task" / "valid.parquet", columns=["label"]).column("label").to_numpy()
     np.testing.assert_array_equal(index, np.arange(n))
     np.testing.assert_array_equal(labels, own)
+    _check_next_item_evaluation(cfg, tmp_path, data["purchase"])
+
+
+def _check_next_item_evaluation(cfg, workdir, data_dir):
+    """`evaluate --task next_item`: each example's target is its first label-window event, and its rank
+    equals a dense recomputation (all [B, T, V+1] scores, pessimistic ties) at the last history event."""
+    from seqjax import sharding
+    from seqjax.evaluation.sequence_task_eval import evaluate_sequence_task
+    from seqjax.train.binary_loop import _restore_params, model_graphdef
+
+    result = evaluate_sequence_task(workdir, "test", "best", workdir / "n.json", task="next_item")
+    ranked = np.loadtxt(result["files"]["per_example"], delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)
+    nxt = pq.read_table(data_dir / "task" / "test_next.parquet").column("next_item").to_numpy()
+    assert len(ranked) == result["protocol"]["examples"]["ranked"] > 20
+    np.testing.assert_array_equal(ranked[:, 2], nxt[ranked[:, 0]])
+    data = resolve_data(cfg)
+    mesh = sharding.make_mesh(1)
+    _, params, _ = _restore_params(workdir, cfg, data, mesh, "best")
+    model = nnx.merge(model_graphdef(cfg, data), params)
+    table = side_table(data, "test", cfg.data_path)
+    want = {}
+    for batch in task_eval_batches(cfg.data_path, "test", TaskBatchSpec(64, cfg.max_len)):
+        _, enc = model(attach(batch, table))
+        scores = np.asarray(model.next_item_scores(enc))
+        for row, example in enumerate(batch["example"]):
+            if example >= 0 and nxt[example] > 0:
+                s = scores[row, batch["lengths"][row] - 1, 1:]
+                target = s[nxt[example] - 1]
+                want[int(example)] = 1 + int((s >= target).sum()) - 1
+    np.testing.assert_array_equal(ranked[:, 3], [want[int(e)] for e in ranked[:, 0]])
+    assert result["metrics"]["MRR"] == pytest.approx(np.mean(1.0 / ranked[:, 3]))
 
 
 def test_config_errors_name_the_field(data):

@@ -120,14 +120,18 @@ def reference_history(rows, data_dir, task: TaskOptions):
     def history(user, cutoff):
         lo = -10**18 if task.window_s is None else cutoff - task.window_s
         return [e for e in context[user] if lo <= e["timestamps"] < cutoff]
-    return history
+
+    def following(user, cutoff):
+        """The first event in the label window [cutoff, cutoff + horizon), or None."""
+        return next((e for e in context[user] if cutoff <= e["timestamps"] < cutoff + task.horizon_s), None)
+    return history, following
 
 
 @pytest.mark.parametrize("name", list(TASKS))
 def test_parquet_and_shards_agree_with_a_slow_reference(prepared, log, name):
     data_dir, meta = prepared[name]
     task = resolve_options(TASKS[name], "generic")
-    history = reference_history(read_rows(log), data_dir, task)
+    history, following = reference_history(read_rows(log), data_dir, task)
     section = meta["task"]
     assert section["config"]["max_len"] == task.max_len and section["config"]["task"] == task.task
     assert sum(section["counts"][s]["examples"] for s in SPLITS) > 100
@@ -139,11 +143,15 @@ def test_parquet_and_shards_agree_with_a_slow_reference(prepared, log, name):
         assert set(table.column_names[4:]) == set(section["features"])
         recs = records(data_dir, split)
         rows = table.to_pylist()
-        assert len(recs) == len(rows) == section["counts"][split]["examples"] > 0
+        nexts = pq.read_table(data_dir / "task" / f"{split}_next.parquet").to_pylist()
+        assert len(recs) == len(rows) == len(nexts) == section["counts"][split]["examples"] > 0
+        assert section["counts"][split]["with_next_event"] == sum(n["next_item"] > 0 for n in nexts)
         assert section["class_balance"][split]["positives"] == sum(r["label"] for r in rows)
-        for rec, row in zip(recs, rows):
+        for rec, row, nxt_row in zip(recs, rows, nexts):
             assert (rec.user, rec.candidate, rec.cutoff, rec.label) == (row["user"], row["item"], row["cutoff"],
                                                                          row["label"])
+            nxt = following(rec.user, rec.cutoff)
+            assert (nxt_row["next_item"], nxt_row["next_time"]) == ((nxt["items"], nxt["timestamps"]) if nxt else (0, -1))
             full = history(rec.user, rec.cutoff)
             assert row["n_events"] == len(full) and row["n_purchase"] == sum(e["events"] == 5 for e in full)
             want = full[-task.max_len:]
@@ -158,6 +166,8 @@ def test_parquet_and_shards_agree_with_a_slow_reference(prepared, log, name):
         assert cutoffs == sorted(cutoffs)  # ordered by cutoff, then user, then item
     if task.max_len < 200:
         assert sum(section["counts"][s]["histories_truncated"] for s in SPLITS) > 0  # truncation was exercised
+    with_next = sum(section["counts"][s]["with_next_event"] for s in SPLITS)
+    assert 0 < with_next < sum(section["counts"][s]["examples"] for s in SPLITS)  # both cases were exercised
 
 
 @pytest.mark.parametrize("name", list(TASKS))

@@ -12,6 +12,9 @@ Written next to the next-item dataset, with the same ids (vocab/*.tsv):
 * task/{train,valid,test}/part-XXXXX.array_record: one `schema.ExampleRecord` per Parquet row, same
   order: the user's last `max_len` events strictly before the cutoff and inside the feature window,
   with per-event context features.
+* task/{train,valid,test}_next.parquet: per Parquet row, same order, the user's first event in the label
+  window [cutoff, cutoff + horizon): next_item (0 when there is none), next_event, next_time. The target
+  of `seqjax evaluate --task next_item` on a multi-task run; kept apart so no feature table holds it.
 
 Nothing at or after an example's cutoff reaches its features or its history: labels.py and
 features.py read only [cutoff - feature_window, cutoff), and histories are cut at the cutoff here.
@@ -201,6 +204,17 @@ def encoded_examples(ev: TaskEvents, context: dict[str, np.ndarray], examples: E
                                    {k: v[gather] for k, v in cols.items()})
 
 
+def next_events(ev: TaskEvents, examples: Examples, hist: Histories, horizon_s: int) -> pa.Table:
+    """Per example, the user's first event in [cutoff, cutoff + horizon): next_item (0 = none),
+    next_event (-1 = none) and next_time (-1 = none). `hist.end` is already that event's row."""
+    row = np.minimum(hist.end, max(len(ev.user) - 1, 0))
+    has = (hist.end < len(ev.user)) & (ev.user[row] == examples.user) & (
+        ev.timestamp[row] < examples.cutoff + horizon_s) if len(ev.user) else np.zeros(len(examples), bool)
+    return pa.table({"next_item": np.where(has, ev.item[row], 0).astype(np.int64),
+                     "next_event": np.where(has, ev.event[row], -1).astype(np.int8),
+                     "next_time": np.where(has, ev.timestamp[row], -1).astype(np.int64)})
+
+
 def example_table(examples: Examples, features: pa.Table) -> pa.Table:
     """KEY_COLUMNS, then the feature columns (with their descriptions), one row per example."""
     keys = examples.table()
@@ -221,12 +235,14 @@ def write_task(out: Path, events: Events, split: Split, task: TaskOptions, has_p
     table = example_table(examples, features)
     context = event_features(ev.user, ev.timestamp, task.timezone, task.session_gap_s)
     hist = histories(ev, examples, task)
+    following = next_events(ev, examples, hist, task.horizon_s)
     folder = out / TASK_DIR
     folder.mkdir(parents=True, exist_ok=True)
     counts = {}
     for k, name in enumerate(SPLITS):
         rows = np.flatnonzero(examples.split == k)
         pq.write_table(table.take(pa.array(rows)), folder / f"{name}.parquet")
+        pq.write_table(following.take(pa.array(rows)), folder / f"{name}_next.parquet")
         written = write_shards(folder / name, encoded_examples(ev, context, examples, hist, rows))
         length = hist.end[rows] - hist.start[rows]
         counts[name] = {
@@ -235,6 +251,7 @@ def write_task(out: Path, events: Events, split: Split, task: TaskOptions, has_p
             "history_events_mean": float(length.mean()) if len(rows) else 0.0,
             "history_events_max": int(length.max()) if len(rows) else 0,
             "histories_truncated": int((hist.in_window[rows] > task.max_len).sum()),
+            "with_next_event": int((following.column("next_item").to_numpy()[rows] > 0).sum()),
         }
     protocol = examples.protocol()
     protocol["warnings"] = warnings
@@ -252,6 +269,7 @@ def write_task(out: Path, events: Events, split: Split, task: TaskOptions, has_p
         "has_prices": has_prices,
         "warnings": warnings,
         "files": {"parquet": [f"{TASK_DIR}/{s}.parquet" for s in SPLITS],
+                  "next_events": [f"{TASK_DIR}/{s}_next.parquet" for s in SPLITS],
                   "shards": [f"{TASK_DIR}/{s}/part-*.array_record" for s in SPLITS]},
     }
 

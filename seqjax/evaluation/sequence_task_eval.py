@@ -21,13 +21,14 @@ from seqjax.train.binary_loop import load_task_config, scored_examples
 def evaluate_sequence_task(workdir: str | Path, split: str = "test", checkpoint: str = "best",
                            json_path: str | Path | None = None, task: str | None = None) -> dict[str, Any]:
     workdir = Path(workdir)
+    if task == "next_item":
+        from seqjax.evaluation.task_next_item import evaluate_task_next_item
+        return evaluate_task_next_item(workdir, split, checkpoint, json_path)
     cfg = load_task_config(workdir)
     scored, chosen = scored_examples(workdir, split, checkpoint)
     head = task or next(iter(scored))
     if head not in scored:
-        raise run_dir.RunDirError(f"--task {head}: {workdir} has binary heads {sorted(scored)}"
-                                  + ("; its next_item head is trained as an auxiliary loss and not evaluated "
-                                     "by ranking here" if head == "next_item" else ""))
+        raise run_dir.RunDirError(f"--task {head}: {workdir} has binary heads {sorted(scored)}")
     valid, _ = scored_examples(workdir, "valid", checkpoint)
     threshold = best_f1_threshold(valid[head]["label"], valid[head]["prob"])
     s = scored[head]
