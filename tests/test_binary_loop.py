@@ -290,7 +290,7 @@ def test_evaluate_writes_the_binary_card_for_a_sequence_run(kind_runs, tmp_path)
         evaluate_sequence_task(workdir, "test", "best", tmp_path / "c.json", task="churn")
 
 
-@pytest.mark.parametrize("name", ["purchase_lstm_taobao", "churn_lstm_cdnow"])
+@pytest.mark.parametrize("name", ["purchase_lstm_taobao", "churn_lstm_cdnow", "multitask_lstm_taobao"])
 def test_shipped_sequence_task_configs_load(name):
     from pathlib import Path
 

@@ -1,0 +1,157 @@
+"""Purchase / churn table of one dataset: every classical model and every sequence encoder on the same
+examples, test metrics with the validation-chosen checkpoint and threshold, 3 seeds for the neural ones,
+and the paired answer: does the best sequence model beat the best classical one, by how much?
+
+    python experiments/binary_table.py --dataset taobao_purchase [--seeds 0 1 2] [--kinds logreg gbdt lstm]
+
+One process per (model, seed) through `seqjax train` / `seqjax evaluate`; a run whose test JSON exists is
+not run again, so an interrupted table resumes. "Best" is chosen on validation PR-AUC (the mean over seeds
+for a sequence kind), never on test. The paired difference (sequence minus classical) is computed per seed
+on the same test examples, with a 95% bootstrap interval over users (1,000 resamples,
+seqjax.evaluation.binary.paired_bootstrap_diff).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("SEQJAX_DATA_DIR", ROOT.parent / "shared" / "data"))
+TAOBAO = str(DATA / "taobao_userbehavior_head" / "UserBehavior_head.csv")
+CLASSICAL = ("logreg", "tree", "knn", "gbdt")
+SEQUENCE = ("lstm", "gru", "transformer")
+# name -> prepare arguments, the task, the classical and sequence configs the kinds override, extra kinds
+DATASETS = {
+    "taobao_purchase": dict(prepare=["--format", "taobao", "--input", TAOBAO, "--task", "purchase"],
+                            task="purchase", classical="purchase_gbdt_taobao", sequence="purchase_lstm_taobao"),
+    "taobao_purchase_pair": dict(prepare=["--format", "taobao", "--input", TAOBAO, "--task", "purchase",
+                                          "--set", "task.level=user_item"],
+                                 task="purchase", classical="purchase_gbdt_taobao", sequence="purchase_lstm_taobao"),
+    "taobao_churn": dict(prepare=["--format", "taobao", "--input", TAOBAO, "--task", "churn"],
+                         task="churn", classical="churn_gbdt_cdnow", sequence="churn_lstm_cdnow"),
+    "cdnow_churn": dict(prepare=["--format", "cdnow", "--input", str(DATA / "cdnow" / "CDNOW_master.txt"),
+                                 "--task", "churn"],
+                        task="churn", classical="churn_gbdt_cdnow", sequence="churn_lstm_cdnow", extra=("bgnbd",)),
+}
+
+
+def seqjax(*args: str, log: Path) -> None:
+    cmd = [sys.executable, "-m", "seqjax.cli", *args]
+    print("$", " ".join(cmd), f">> {log}", flush=True)
+    with open(log, "a") as f:
+        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
+
+
+def run_model(kind: str, seed: int | None, spec: dict, data: Path, out: Path) -> dict:
+    """Trains and evaluates one (kind, seed); returns {split: evaluate's JSON} for valid and test."""
+    name = kind if seed is None else f"{kind}_seed{seed}"
+    workdir = out / name
+    results = {s: workdir / f"{s}.json" for s in ("valid", "test")}
+    if not results["test"].exists():
+        if kind in SEQUENCE:
+            sets = [f"sequence_task.data_path={data}", f"sequence_task.encoder.kind={kind}",
+                    f"sequence_task.seed={seed}"]
+            config = spec["sequence"]
+        else:
+            sets = [f"data.path={data}", f"model.kind={kind}"]
+            config = "churn_bgnbd_cdnow" if kind == "bgnbd" else spec["classical"]
+        seqjax("train", "--config", str(ROOT / "configs" / f"{config}.yaml"), "--workdir", str(workdir),
+               *[a for s in sets for a in ("--set", s)], log=out / f"{name}.log")
+        for split, path in results.items():
+            seqjax("evaluate", "--workdir", str(workdir), "--split", split, "--task", spec["task"], "--json", str(path),
+                   log=out / f"{name}.log")
+    return {s: json.loads(p.read_text()) for s, p in results.items()}
+
+
+def scores(result: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(example row, label, prob) from a test JSON's per-example CSV, sorted by example row."""
+    with open(result["files"]["per_example"]) as f:
+        rows = list(csv.DictReader(f))
+    example = np.array([int(r["example"]) for r in rows] if "example" in rows[0] else np.arange(len(rows)))
+    label = np.array([int(r["label"]) for r in rows])
+    prob = np.array([float(r["prob"]) for r in rows])
+    order = np.argsort(example)
+    return example[order], label[order], prob[order]
+
+
+def mean_se(values: list[float]) -> str:
+    v = np.asarray(values, float)
+    return f"{v.mean():.3f}" if len(v) < 2 else f"{v.mean():.3f}+-{v.std(ddof=1) / np.sqrt(len(v)):.3f}"
+
+
+def main() -> None:
+    from seqjax.evaluation.binary import paired_bootstrap_diff
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    ap.add_argument("--kinds", nargs="+", default=None, help="default: every classical kind and encoder")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default=None, help="default: runs/binary_<dataset>")
+    args = ap.parse_args()
+    spec = DATASETS[args.dataset]
+    kinds = args.kinds or [*CLASSICAL, *spec.get("extra", ()), *SEQUENCE]
+    out = Path(args.out or ROOT / "runs" / f"binary_{args.dataset}")
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "data"
+    if not (data / "metadata.json").exists():
+        seqjax("prepare", *spec["prepare"], "--out", str(data), log=out / "prepare.log")
+    runs = {k: [run_model(k, s if k in SEQUENCE else None, spec, data, out)
+                for s in (args.seeds if k in SEQUENCE else [None])] for k in kinds}
+
+    first = runs[kinds[0]][0]["test"]["protocol"]
+    print(f"\n# {args.dataset}: {spec['task']}, test split, {first.get('examples')} examples; "
+          "mean+-SE over seeds for sequence models, 95% CI of one run in brackets otherwise")
+    cols = ("ROC-AUC", "PR-AUC", "log_loss", "Brier", "F1", "ECE")
+    print(f"{'model':<12} {'seeds':>5} {'valid PR-AUC':>13} " + " ".join(f"{c:>22}" for c in cols))
+    for kind, rs in runs.items():
+        valid = mean_se([r["valid"]["metrics"]["PR-AUC"] for r in rs])
+        cells = []
+        for c in cols:
+            vals = [r["test"]["metrics"][c] for r in rs]
+            ci = rs[0]["test"]["ci95"][c] if len(rs) == 1 else None
+            cells.append(mean_se(vals) + (f" [{ci[0]:.3f},{ci[1]:.3f}]" if ci else ""))
+        print(f"{kind:<12} {len(rs):>5} {valid:>13} " + " ".join(f"{c:>22}" for c in cells))
+
+    valid_score = {k: np.mean([r["valid"]["metrics"]["PR-AUC"] for r in rs]) for k, rs in runs.items()}
+    classical = [k for k in runs if k not in SEQUENCE]
+    sequence = [k for k in runs if k in SEQUENCE]
+    if classical and sequence:
+        best_c = max(classical, key=valid_score.get)
+        best_s = max(sequence, key=valid_score.get)
+        ex_c, labels, prob_c = scores(runs[best_c][0]["test"])
+        print(f"\nbest on validation PR-AUC: classical {best_c} ({valid_score[best_c]:.3f}), "
+              f"sequence {best_s} ({valid_score[best_s]:.3f}); test difference {best_s} - {best_c}, paired over "
+              "the same examples, 95% bootstrap over users:")
+        user_of = _users(runs[best_c][0]["test"], len(ex_c))
+        for seed, r in zip(args.seeds, runs[best_s]):
+            ex_s, labels_s, prob_s = scores(r["test"])
+            if not (np.array_equal(ex_s, ex_c) and np.array_equal(labels_s, labels)):
+                raise SystemExit(f"{best_s} seed {seed} and {best_c} scored different examples")
+            parts = []
+            for metric in ("ROC-AUC", "PR-AUC"):
+                diff, lo, hi = paired_bootstrap_diff(labels, prob_s, prob_c, user_of, metric, seed=0)
+                parts.append(f"{metric} {diff:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+            print(f"  seed {seed}: " + "  ".join(parts))
+    print("command: python experiments/binary_table.py " + " ".join(sys.argv[1:]))
+
+
+def _users(result: dict, n: int) -> np.ndarray:
+    with open(result["files"]["per_example"]) as f:
+        rows = list(csv.DictReader(f))
+    if len(rows) != n:
+        raise SystemExit("per-example CSV changed size")
+    example = np.array([int(r["example"]) for r in rows] if "example" in rows[0] else np.arange(n))
+    user = np.array([int(r["user"]) for r in rows])
+    return user[np.argsort(example)]
+
+
+if __name__ == "__main__":
+    main()
