@@ -23,6 +23,7 @@ from seqjax.models.event_encoder import EventEncoder, EventEncoderConfig
 from seqjax.train.binary_loop import (
     BinaryHeadConfig,
     BinaryTrainer,
+    NextItemHeadConfig,
     SequenceTaskConfig,
     attach,
     head_labels,
@@ -34,6 +35,7 @@ from seqjax.train.binary_loop import (
 )
 from seqjax.train.checkpoint import CheckpointStore
 from seqjax.train.config import OptimConfig
+from seqjax.train.sampled_losses import LossConfig
 
 # More carts and later checkouts than the default shop: purchases follow from the history.
 BEHAVIOUR = Behaviour(cart=0.3, cart_on_repeat=0.5, checkout=0.4, buy_after_cart=0.05, repeat=0.3, session_repeat=0.5)
@@ -178,7 +180,10 @@ def test_padded_positions_change_nothing(kind, causal, data):
 
 
 def test_multitask_heads_all_train_and_predict_every_example(data, tmp_path):
-    cfg = tiny(data["purchase"], heads=("purchase", "churn", "next_item"),
+    # The next_item head trains with sampled negatives (the large-catalogue setting); full softmax is the
+    # same dispatcher SASRec's tests cover.
+    sampled = NextItemHeadConfig(loss=LossConfig(kind="sampled", num_negatives=32))
+    cfg = tiny(data["purchase"], heads=("purchase", "churn", "next_item"), next_item=sampled,
                churn=dataclasses.replace(SequenceTaskConfig().churn, data=str(data["churn"])))
     summary = train_sequence_task(cfg, tmp_path)
     assert summary["heads"] == ["next_item", "purchase", "churn"]
@@ -238,6 +243,9 @@ def test_config_errors_name_the_field(data):
     with pytest.raises(ConfigError, match=r"sequence_task\.heads: \['next_item'\] has no binary head"):
         SequenceTaskConfig(heads=("next_item",)).validate()
     bidirectional = dataclasses.replace(EventEncoderConfig(), kind="transformer", causal=False)
+    with pytest.raises(ConfigError, match=r"sequence_task\.next_item\.loss: sampled .* needs item popularity"):
+        SequenceTaskConfig(heads=("purchase", "next_item"), next_item=NextItemHeadConfig(
+            loss=LossConfig(kind="sampled", sampler="popularity"))).validate()
     with pytest.raises(ConfigError, match="next_item needs a causal encoder"):
         SequenceTaskConfig(heads=("purchase", "next_item"), encoder=bidirectional).validate()
     with pytest.raises(ConfigError, match=r"sequence_task\.churn\.data: .* holds purchase labels"):

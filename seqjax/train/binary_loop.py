@@ -59,7 +59,8 @@ from seqjax.train import run_dir
 from seqjax.train.checkpoint import CheckpointStore
 from seqjax.train.config import OptimConfig
 from seqjax.train.loop import CheckpointedRun, Progress, TrainingDiverged
-from seqjax.train.losses import full_softmax_loss
+from seqjax.train.sampled_losses import LossConfig
+from seqjax.train.sampled_losses import make_loss as make_next_item_loss
 from seqjax.train.step import init_state, learning_rate, optimizer, put_batch
 from seqjax.train.tensorboard import ScalarWriter
 
@@ -81,6 +82,8 @@ class BinaryHeadConfig:
 class NextItemHeadConfig:
     weight: float = 0.1  # weight of the next-item softmax loss in the total loss
     loss_chunk: int = 512  # positions scored at once by the full-softmax loss
+    loss: LossConfig = LossConfig()  # full softmax, or sampled / gbce for large catalogues (uniform negatives:
+    # task runs keep no item counts for popularity sampling)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +136,11 @@ class SequenceTaskConfig:
                 raise ConfigError(f"{p}.{name}: weight must be >= 0 and pos_weight > 0, got {h.weight}, {h.pos_weight}")
         if self.next_item.weight < 0 or self.next_item.loss_chunk < 1:
             raise ConfigError(f"{p}.next_item: weight must be >= 0 and loss_chunk >= 1")
+        self.next_item.loss.validate()
+        if self.next_item.loss.needs_popularity:
+            raise ConfigError(f"{p}.next_item.loss: {self.next_item.loss.kind} with these options needs item "
+                              "popularity, which task runs do not count; use sampler=uniform (sampled) or "
+                              "in_batch_logq=false (in_batch)")
         for name in ("batch_size", "eval_batch_size"):
             if getattr(self, name) % self.num_devices:
                 raise ConfigError(f"{p}.{name}={getattr(self, name)} does not divide by {p}.num_devices="
@@ -296,6 +304,7 @@ class StepSpec:
     weights: tuple[float, ...]  # loss weight of each head, in `heads` order
     pos_weights: tuple[float, ...]  # BCE positive weight of each head (unused for next_item)
     loss_chunk: int
+    next_item_loss: LossConfig
     optim: OptimConfig
     total_steps: int  # the schedule's horizon
     rng_impl: str
@@ -306,13 +315,14 @@ class StepSpec:
         steps_per_epoch = -(-data.train_examples // cfg.batch_size)  # as TaskTrainBatches.batches_per_epoch
         return cls(data.heads, tuple(section(h).weight for h in data.heads),
                    tuple(getattr(section(h), "pos_weight", 1.0) for h in data.heads), cfg.next_item.loss_chunk,
-                   cfg.optim, cfg.epochs * steps_per_epoch, cfg.rng_impl)
+                   cfg.next_item.loss, cfg.optim, cfg.epochs * steps_per_epoch, cfg.rng_impl)
 
 
 def make_loss(graphdef: nnx.GraphDef, spec: StepSpec):
     """loss(params, batch, key) -> (total, {head: loss})."""
     weight = dict(zip(spec.heads, spec.weights))
     pos_weight = dict(zip(spec.heads, spec.pos_weights))
+    next_item_loss = make_next_item_loss(spec.next_item_loss, spec.loss_chunk)
 
     def loss(params, batch, key):
         model = nnx.merge(graphdef, params)
@@ -320,7 +330,8 @@ def make_loss(graphdef: nnx.GraphDef, spec: StepSpec):
         parts = {h: bce(v, batch[f"{h}_label"], batch[f"{h}_weight"], pos_weight[h]) for h, v in logits.items()}
         if "next_item" in spec.heads:
             targets, weights = next_item_targets(batch["items"], batch["lengths"], batch["weight"])
-            parts["next_item"] = full_softmax_loss(enc.states, model.item_table(), targets, weights, spec.loss_chunk)
+            parts["next_item"] = next_item_loss(enc.states, model.item_table(), targets, weights,
+                                                jax.random.fold_in(key, 1))  # negatives apart from dropout
         return sum(weight[h] * v for h, v in parts.items()), parts
     return loss
 
