@@ -203,6 +203,9 @@ def test_multitask_heads_all_train_and_predict_every_example(data, tmp_path):
     np.testing.assert_array_equal(index, np.arange(n))
     np.testing.assert_array_equal(labels, own)
     _check_next_item_evaluation(cfg, tmp_path, data["purchase"])
+    from seqjax.evaluation.sequence_task_eval import evaluate_sequence_task
+    churn = evaluate_sequence_task(tmp_path, "test", "best", tmp_path / "c.json", task="churn")
+    assert churn["protocol"]["task"]["task"] == "churn"  # the card of the head's own label directory
 
 
 def _check_next_item_evaluation(cfg, workdir, data_dir):

@@ -15,7 +15,7 @@ from seqjax.evaluation import binary_card
 from seqjax.evaluation.binary import ECE_BINS, best_f1_threshold, binary_metrics, bootstrap_ci
 from seqjax.evaluation.evaluate import BOOTSTRAP_RESAMPLES, CI_LEVEL
 from seqjax.train import run_dir
-from seqjax.train.binary_loop import load_task_config, scored_examples
+from seqjax.train.binary_loop import load_task_config, resolve_data, scored_examples
 
 
 def evaluate_sequence_task(workdir: str | Path, split: str = "test", checkpoint: str = "best",
@@ -37,12 +37,15 @@ def evaluate_sequence_task(workdir: str | Path, split: str = "test", checkpoint:
     ci = {name: list(bounds) for name, bounds in bootstrap_ci(
         labels, probs, s["user"], threshold, BOOTSTRAP_RESAMPLES, cfg.seed, CI_LEVEL).items()}
     metadata = run_dir.load_metadata(cfg.data_path)
-    proto = metadata["task"]["protocol"]
+    # The head's labels may come from another directory (multi-task runs): its task protocol is the one to show.
+    label_source = resolve_data(cfg).sources.get(head, cfg.data_path)
+    proto = run_dir.load_metadata(label_source)["task"]["protocol"]
     card = {
         "dataset": {"path": str(Path(cfg.data_path).resolve()), "format": metadata.get("format"),
                     "checksum": metadata["checksum"], "schema_version": metadata["schema_version"],
                     "example_schema_version": metadata["task"].get("example_schema_version")},
-        "task": {**{k: proto[k] for k in binary_card.PROTOCOL_KEYS if k in proto}, "head": head},
+        "task": {**{k: proto[k] for k in binary_card.PROTOCOL_KEYS if k in proto}, "head": head,
+                 "labels_from": str(Path(label_source).resolve())},
         "split": {"evaluated": split, "class_balance": binary_card.class_balance(labels)},
         "model": {"kind": f"sequence/{cfg.encoder.kind}", "encoder": to_dict(cfg.encoder),
                   "heads": list(cfg.heads) or [proto.get("task")], "checkpoint": chosen},
