@@ -256,6 +256,7 @@ def _clear_outputs(out: Path) -> None:
         for old in [*(out / name).glob("part-*.array_record"), *(out / TASK_DIR / name).glob("part-*.array_record")]:
             old.unlink()
         (out / TASK_DIR / f"{name}.parquet").unlink(missing_ok=True)
+        (out / TASK_DIR / f"{name}_next.parquet").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
