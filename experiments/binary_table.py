@@ -71,15 +71,16 @@ def run_model(kind: str, seed: int | None, spec: dict, data: Path, out: Path) ->
     return {s: json.loads(p.read_text()) for s, p in results.items()}
 
 
-def scores(result: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(example row, label, prob) from a test JSON's per-example CSV, sorted by example row."""
+def scores(result: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(example row, user, label, prob) from a test JSON's per-example CSV, sorted by example row."""
     with open(result["files"]["per_example"]) as f:
         rows = list(csv.DictReader(f))
     example = np.array([int(r["example"]) for r in rows] if "example" in rows[0] else np.arange(len(rows)))
+    user = np.array([int(r["user"]) for r in rows])
     label = np.array([int(r["label"]) for r in rows])
     prob = np.array([float(r["prob"]) for r in rows])
     order = np.argsort(example)
-    return example[order], label[order], prob[order]
+    return example[order], user[order], label[order], prob[order]
 
 
 def mean_se(values: list[float]) -> str:
@@ -126,13 +127,12 @@ def main() -> None:
     if classical and sequence:
         best_c = max(classical, key=valid_score.get)
         best_s = max(sequence, key=valid_score.get)
-        ex_c, labels, prob_c = scores(runs[best_c][0]["test"])
+        ex_c, user_of, labels, prob_c = scores(runs[best_c][0]["test"])
         print(f"\nbest on validation PR-AUC: classical {best_c} ({valid_score[best_c]:.3f}), "
               f"sequence {best_s} ({valid_score[best_s]:.3f}); test difference {best_s} - {best_c}, paired over "
               "the same examples, 95% bootstrap over users:")
-        user_of = _users(runs[best_c][0]["test"], len(ex_c))
         for seed, r in zip(args.seeds, runs[best_s]):
-            ex_s, labels_s, prob_s = scores(r["test"])
+            ex_s, _, labels_s, prob_s = scores(r["test"])
             if not (np.array_equal(ex_s, ex_c) and np.array_equal(labels_s, labels)):
                 raise SystemExit(f"{best_s} seed {seed} and {best_c} scored different examples")
             parts = []
@@ -141,16 +141,6 @@ def main() -> None:
                 parts.append(f"{metric} {diff:+.3f} [{lo:+.3f}, {hi:+.3f}]")
             print(f"  seed {seed}: " + "  ".join(parts))
     print("command: python experiments/binary_table.py " + " ".join(sys.argv[1:]))
-
-
-def _users(result: dict, n: int) -> np.ndarray:
-    with open(result["files"]["per_example"]) as f:
-        rows = list(csv.DictReader(f))
-    if len(rows) != n:
-        raise SystemExit("per-example CSV changed size")
-    example = np.array([int(r["example"]) for r in rows] if "example" in rows[0] else np.arange(n))
-    user = np.array([int(r["user"]) for r in rows])
-    return user[np.argsort(example)]
 
 
 if __name__ == "__main__":
