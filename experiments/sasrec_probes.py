@@ -36,6 +36,10 @@ VARIANTS = {
     # configs/sasrec_ml1m.yaml as it is: K&V's SASRec+ (the authors' block wiring, dropout 0.1, plain Adam,
     # near-random batches)
     "kv_all": [],
+    # what still differed from K&V's code: dropout on the attention weights (not the attention output),
+    # torch's Xavier-uniform query/key/value init, LayerNorm eps 1e-8, batch-mean loss, fully random batches
+    "kv_exact": ["model.sasrec.attention_dropout=weights", "model.sasrec.qkv_init=torch_mha",
+                 "model.sasrec.norm_eps=1e-8", "train.loss_norm=batch", "data.sort_window=1"],
 }
 
 

@@ -124,3 +124,40 @@ def test_sasrec_layout_block_is_the_authors_wiring():
 def test_unknown_block_layout_is_refused_at_config_load():
     with pytest.raises(config_lib.ConfigError, match="model.sasrec.layout"):
         config_lib.load(ExperimentConfig, None, ["model.sasrec.layout=post_ln"])
+
+
+def test_attention_weight_dropout_drops_and_rescales_the_softmax_weights():
+    from seqjax.models.attention import reference_attention
+
+    k = jax.random.split(jax.random.key(5), 4)
+    q, kk, v = (jax.random.normal(k[i], (2, 6, 1, 4)) for i in range(3))
+    got = np.asarray(reference_attention(q, kk, v, jnp.array([6, 4]), True, 0.25, k[3]))
+    s = np.einsum("btnh,bsnh->bnts", np.asarray(q), np.asarray(kk)) / 2.0
+    s = np.where(np.tril(np.ones((6, 6), bool)), s, -np.inf)
+    w = np.exp(s - s.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    keep = np.asarray(jax.random.bernoulli(k[3], 0.75, w.shape))  # the mask the function draws from its key
+    want = np.einsum("bnts,bsnh->btnh", np.where(keep, w / 0.75, 0.0), np.asarray(v))
+    np.testing.assert_allclose(got, want, atol=F32_ATOL)
+    assert 0 < (~keep).sum() < keep.size  # some weights were dropped, not all
+
+
+def test_torch_mha_init_draws_qkv_kernels_uniform_within_the_fused_xavier_bound():
+    from flax import nnx
+
+    from seqjax.models.transformer import Block
+
+    block = Block(64, 1, 64, 0.1, causal=True, activation=jax.nn.relu, init_std=0.02, layout="sasrec",
+                  qkv_init="torch_mha", rngs=nnx.Rngs(0))
+    bound = (6.0 / 256) ** 0.5
+    for kernel in (np.asarray(block.q.kernel[...]), np.asarray(block.kv.kernel[...])):
+        assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.95 * bound
+        np.testing.assert_allclose(kernel.std(), bound / 3 ** 0.5, rtol=0.05)
+    assert np.asarray(block.out.kernel[...]).std() < 0.03  # other kernels keep init_std
+
+
+def test_attention_weight_dropout_needs_the_reference_attention():
+    cfg = ["model.sasrec.attention_dropout=weights"]
+    assert config_lib.load(ExperimentConfig, None, cfg).model.sasrec.attention_dropout == "weights"
+    with pytest.raises(config_lib.ConfigError, match="attention_dropout=weights"):
+        config_lib.load(ExperimentConfig, None, [*cfg, "model.attention=blockwise"])

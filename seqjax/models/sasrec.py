@@ -15,7 +15,7 @@ from flax import nnx
 
 from seqjax.models.attention import Implementation
 from seqjax.models.next_item import NextItemModel
-from seqjax.models.transformer import LAYOUTS, Block, Layout
+from seqjax.models.transformer import LAYOUTS, AttentionDropout, Block, Layout, QKVInit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +31,11 @@ class SASRecConfig:
     # the start, so the item embeddings dominate the residual stream early in training.
     layout: Layout = "pre_ln"  # block wiring: pre_ln (GPT-2) or sasrec (the authors' code, K&V's SASRec+);
     # see seqjax/models/transformer.py
+    attention_dropout: AttentionDropout = "output"  # where attention dropout acts: on the block's attention
+    # output, or on the attention weights (torch.nn.MultiheadAttention, K&V; needs model.attention=reference)
+    qkv_init: QKVInit = "dense"  # query/key/value kernels: like the other dense kernels, or torch_mha
+    # (Xavier-uniform of torch's fused in_proj, which K&V's GPT-2-style init leaves untouched)
+    norm_eps: float = 1e-6  # LayerNorm epsilon (flax's default; the authors' code and K&V use 1e-8)
 
     def validate(self) -> None:
         if self.dim % self.heads:
@@ -39,6 +44,12 @@ class SASRecConfig:
             raise ValueError(f"model.sasrec.layout={self.layout!r} is not one of {LAYOUTS}")
         if self.linear_init_std < 0:
             raise ValueError(f"model.sasrec.linear_init_std={self.linear_init_std} must be >= 0")
+        if self.attention_dropout not in ("output", "weights"):
+            raise ValueError(f"model.sasrec.attention_dropout={self.attention_dropout!r} is not output or weights")
+        if self.qkv_init not in ("dense", "torch_mha"):
+            raise ValueError(f"model.sasrec.qkv_init={self.qkv_init!r} is not dense or torch_mha")
+        if self.norm_eps <= 0:
+            raise ValueError(f"model.sasrec.norm_eps={self.norm_eps} must be > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.sasrec.dropout={self.dropout} must be in [0, 1)")
 
@@ -55,23 +66,28 @@ class SASRec(NextItemModel):
             num_items + 1, cfg.dim, embedding_init=init, rngs=rngs)
         self.blocks = nnx.List([Block(cfg.dim, cfg.heads, cfg.ffn_mult * cfg.dim, cfg.dropout, causal=True,
                                       activation=jax.nn.relu,  # ReLU, as in the paper
-                                      init_std=cfg.linear_init_std, layout=cfg.layout, rngs=rngs)
+                                      init_std=cfg.linear_init_std, layout=cfg.layout,
+                                      attention_dropout=cfg.attention_dropout, qkv_init=cfg.qkv_init,
+                                      norm_eps=cfg.norm_eps, rngs=rngs)
                                 for _ in range(cfg.blocks)])
-        self.final_norm = nnx.LayerNorm(cfg.dim, rngs=rngs)
+        self.final_norm = nnx.LayerNorm(cfg.dim, epsilon=cfg.norm_eps, rngs=rngs)
         self.drop = nnx.Dropout(cfg.dropout)
 
-    def encode(self, items: jax.Array, lengths: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    def encode(self, items: jax.Array, lengths: jax.Array, key: jax.Array | None = None,
+               positions: jax.Array | None = None, segments: jax.Array | None = None) -> jax.Array:
         """items [B, T] right-padded with 0, lengths [B] -> hidden states [B, T, D].
 
-        `key` enables dropout (training); None means deterministic inference.
+        `key` enables dropout (training); None means deterministic inference. Packed rows
+        (seqjax/data/packing.py) give `positions` and `segments` [B, T]: each sequence's own positions,
+        and attention within its segment.
         """
         t = items.shape[1]
         per_block = self.blocks[0].num_keys if len(self.blocks) else 0
         keys = None if key is None else jax.random.split(key, 1 + per_block * len(self.blocks))
         x = self.item_embed(items) * jnp.sqrt(self.item_embed.features).astype(jnp.float32)
-        x = x + self.pos_embed(jnp.arange(t))[None]
+        x = x + (self.pos_embed(jnp.arange(t))[None] if positions is None else self.pos_embed(positions))
         x = self.drop(x, deterministic=keys is None, rngs=None if keys is None else keys[0])
         for i, block in enumerate(self.blocks):
             block_keys = None if keys is None else keys[1 + per_block * i: 1 + per_block * (i + 1)]
-            x = block(x, lengths, block_keys, self.attention_impl)
+            x = block(x, lengths, block_keys, self.attention_impl, segments)
         return self.final_norm(x)
