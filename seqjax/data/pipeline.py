@@ -7,7 +7,8 @@ from `np.random.default_rng((seed, epoch))`, so the data position saved in a che
 Padding is the largest cost of a padded epoch (on ML-1M only ~54% of 6,040 x 200 positions are real),
 so each epoch shuffles users, sorts them by length inside windows of `sort_window` batches, cuts
 batches, shuffles the batch order, and pads each batch only to the smallest length bucket it fits.
-A handful of buckets bounds the number of compiled shapes.
+A handful of buckets bounds the number of compiled shapes. With `pack`, a batch's users are packed
+into full-width rows instead (seqjax/data/packing.py): almost no padding even for fully random batches.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import grain
 import numpy as np
 
 from seqjax.data.masking import MaskSpec, cloze_rows, mask_batch, mask_rng
+from seqjax.data.packing import packed_rows
 from seqjax.data.schema import PAD_ID, SequenceRecord, decode_record
 from seqjax.data.shards import split_paths
 
@@ -51,6 +53,8 @@ class TrainBatchSpec:
     buckets: tuple[int, ...] = ()  # padded lengths; () means default_buckets(max_len)
     sort_window: int = 32  # batches per length-sorting window (more: less padding, less randomness)
     mask: MaskSpec | None = None  # cloze (BERT4Rec) batches: each row's last max_len items, some masked
+    pack: bool = False  # pack each batch's users into rows of max_len positions (next item only)
+    row_multiple: int = 8  # packed batches have a multiple of this many rows
 
 
 class TrainBatches:
@@ -59,6 +63,8 @@ class TrainBatches:
 
     def __init__(self, data_dir: str | os.PathLike, spec: TrainBatchSpec):
         self.spec = spec
+        if spec.pack and spec.mask is not None:
+            raise ValueError("packed batches are next-item batches; cloze (masked) batches cannot be packed")
         self.buckets = tuple(sorted(spec.buckets or default_buckets(spec.max_len)))
         if self.buckets[-1] != spec.max_len:
             raise ValueError(f"the largest length bucket {self.buckets[-1]} must equal max_len {spec.max_len}")
@@ -118,6 +124,8 @@ class TrainBatches:
             batch["timestamps"] = rebased_times([r.timestamps[-t_max:] for r in recs], b, t)
             return batch
         seqs = [r.items[-(t_max + 1):] for r in recs]
+        if self.spec.pack:
+            return packed_rows(seqs, t_max, self.spec.row_multiple)
         t = self.padded_length(max(len(s) - 1 for s in seqs))
         items = np.full((b, t), PAD_ID, np.int32)
         targets = np.full((b, t), PAD_ID, np.int32)

@@ -48,6 +48,8 @@ class DataConfig:
     eval_batch_size: int = 256  # users per evaluation batch
     buckets: tuple[int, ...] = ()  # padded training lengths; () = 16, 32, 64, ... and max_len
     sort_window: int = 32  # batches per length-sorting window in the training shuffle
+    pack: bool = False  # pack each batch's users into full max_len rows (SASRec, reference attention):
+    # the same users per step, almost no padding, so random batches (sort_window=1) cost no padding
     reader_threads: int = 2  # Grain reader threads
 
 
@@ -146,6 +148,9 @@ class ExperimentConfig:
                           "has no attention", stacklevel=2)
         if self.model.attention == "cudnn" and self.model.kind in ATTENTION_KINDS:
             check_cudnn(self)
+        if kind == "sasrec" and self.model.sasrec.attention_dropout == "weights" and self.model.attention != "reference":
+            raise ConfigError(f"model.sasrec.attention_dropout=weights drops the attention weights, which only "
+                              f"model.attention=reference holds (not {self.model.attention})")
         if self.model.kind in NO_CUDNN_KINDS and self.model.attention == "xla":
             raise ConfigError(f"model.attention=xla: model.kind={self.model.kind} uses "
                               f"{NO_CUDNN_KINDS[self.model.kind]}; use reference or blockwise")
@@ -155,6 +160,10 @@ class ExperimentConfig:
         if self.data.eval_batch_size % self.train.num_devices:
             raise ConfigError(f"data.eval_batch_size={self.data.eval_batch_size} does not divide by "
                               f"train.num_devices={self.train.num_devices}")
+        if self.data.pack and (kind != "sasrec" or self.model.attention != "reference" or self.task != "next_item"):
+            raise ConfigError(f"data.pack=true needs task=next_item, model.kind=sasrec and model.attention=reference "
+                              f"(segment-masked attention), not task={self.task}, model.kind={kind}, "
+                              f"model.attention={self.model.attention}")
         if self.data.buckets and max(self.data.buckets) != self.data.max_len:
             raise ConfigError(f"data.buckets must end at data.max_len={self.data.max_len}")
         if self.task in BINARY_TASKS:

@@ -40,6 +40,13 @@ from seqjax.train.step import (
 from seqjax.train.tensorboard import ScalarWriter
 
 
+def sequences_in(batch: dict) -> int:
+    """Users in a training batch: rows with a position, or the segments of packed rows."""
+    if "segments" in batch:
+        return int(batch["segments"].max(axis=1).sum())
+    return int(batch["lengths"].astype(bool).sum())
+
+
 class TrainingDiverged(RuntimeError):
     """The loss or gradient norm became non-finite."""
 
@@ -90,7 +97,8 @@ class Trainer(CheckpointedRun):
             b4r = cfg.model.bert4rec
             mask = MaskSpec(self.metadata["num_items"] + 1, b4r.mask_prob, b4r.mask_last_prob)
         self.batches = TrainBatches(cfg.data.path, TrainBatchSpec(
-            cfg.data.batch_size, cfg.data.max_len, cfg.train.seed, cfg.data.buckets, cfg.data.sort_window, mask))
+            cfg.data.batch_size, cfg.data.max_len, cfg.train.seed, cfg.data.buckets, cfg.data.sort_window, mask,
+            cfg.data.pack, 8 * cfg.train.num_devices))
         self.steps_per_epoch = self.batches.batches_per_epoch
         self.schedule = learning_rate(cfg, cfg.train.epochs * self.steps_per_epoch)
         self.tx = optimizer(cfg, self.schedule)
@@ -223,7 +231,7 @@ class Trainer(CheckpointedRun):
                 state, metrics = self.step_fn(state, put_batch(host_batch, self.mesh))
                 drain()  # the previous step's metrics: read one step late
                 pending.append((global_step, metrics))
-                window["seqs"] += int(host_batch["lengths"].astype(bool).sum())
+                window["seqs"] += sequences_in(host_batch)
                 bar.update(1)
                 progress.batch = b + 1
                 if cfg.train.checkpoint_every_steps and (b + 1) < n and \

@@ -83,6 +83,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
         p = jax.tree.map(lambda x: x.astype(compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
         model = nnx.merge(graphdef, p)
         extra = {"timestamps": batch["timestamps"]} if use_timestamps else {}
+        if "segments" in batch:  # packed rows (data.pack): per-sequence positions, segment-masked attention
+            extra |= {"positions": batch["positions"], "segments": batch["segments"]}
         hidden = model.encode(batch["items"], batch["lengths"], key, **extra)
         # The loss draws from its own stream; the encoder's dropout keeps `key` as before.
         return loss_impl(hidden, model.item_table(), batch["targets"], batch["weights"],
