@@ -33,7 +33,8 @@ def _is_sequence_task_config(path: str) -> bool:
 
 
 def _train_sequence_task(args: argparse.Namespace) -> int:
-    from seqjax.train.binary_loop import SequenceTaskRun, train_sequence_task
+    from seqjax.train.binary_loop import train_sequence_task
+    from seqjax.train.task_config import SequenceTaskRun
     cfg = config_lib.load(SequenceTaskRun, args.config, args.set).sequence_task
     summary = train_sequence_task(cfg, args.workdir, allow_config_change=args.allow_config_change)
     print(f"training ended: {summary['stopped']}; best epoch {summary['best_epoch']}; "
@@ -60,7 +61,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from seqjax.train.binary_loop import CONFIG_FILE
+    from seqjax.train.task_config import CONFIG_FILE
     if (Path(args.workdir) / CONFIG_FILE).exists():  # a sequence-model purchase/churn run
         from seqjax.evaluation.sequence_task_eval import evaluate_sequence_task
         evaluate_sequence_task(args.workdir, args.split, args.checkpoint, args.json, args.task)

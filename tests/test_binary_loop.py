@@ -20,22 +20,13 @@ from seqjax.data.task_pipeline import TaskBatchSpec, task_eval_batches
 from seqjax.data.task_prepare import TaskOptions
 from seqjax.evaluation.binary import binary_metrics
 from seqjax.models.event_encoder import EventEncoder, EventEncoderConfig
-from seqjax.train.binary_loop import (
-    BinaryHeadConfig,
-    BinaryTrainer,
-    NextItemHeadConfig,
-    SequenceTaskConfig,
-    attach,
-    head_labels,
-    predict,
-    resolve_data,
-    scored_examples,
-    side_table,
-    train_sequence_task,
-)
+from seqjax.train.binary_loop import BinaryTrainer, train_sequence_task
 from seqjax.train.checkpoint import CheckpointStore
 from seqjax.train.config import OptimConfig
 from seqjax.train.sampled_losses import LossConfig
+from seqjax.train.task_config import BinaryHeadConfig, NextItemHeadConfig, SequenceTaskConfig
+from seqjax.train.task_data import attach, head_labels, resolve_data, side_table
+from seqjax.train.task_predict import predict, scored_examples
 
 # More carts and later checkouts than the default shop: purchases follow from the history.
 BEHAVIOUR = Behaviour(cart=0.3, cart_on_repeat=0.5, checkout=0.4, buy_after_cart=0.05, repeat=0.3, session_repeat=0.5)
@@ -213,7 +204,8 @@ def _check_next_item_evaluation(cfg, workdir, data_dir):
     equals a dense recomputation (all [B, T, V+1] scores, pessimistic ties) at the last history event."""
     from seqjax import sharding
     from seqjax.evaluation.sequence_task_eval import evaluate_sequence_task
-    from seqjax.train.binary_loop import _restore_params, model_graphdef
+    from seqjax.train.binary_loop import model_graphdef
+    from seqjax.train.task_predict import restore_params
 
     result = evaluate_sequence_task(workdir, "test", "best", workdir / "n.json", task="next_item")
     ranked = np.loadtxt(result["files"]["per_example"], delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)
@@ -222,7 +214,7 @@ def _check_next_item_evaluation(cfg, workdir, data_dir):
     np.testing.assert_array_equal(ranked[:, 2], nxt[ranked[:, 0]])
     data = resolve_data(cfg)
     mesh = sharding.make_mesh(1)
-    _, params, _ = _restore_params(workdir, cfg, data, mesh, "best")
+    _, params, _ = restore_params(workdir, cfg, data, mesh, "best")
     model = nnx.merge(model_graphdef(cfg, data), params)
     table = side_table(data, "test", cfg.data_path)
     want = {}
@@ -307,7 +299,7 @@ def test_shipped_sequence_task_configs_load(name):
 
     from seqjax import config as config_lib
     from seqjax.cli import _is_sequence_task_config
-    from seqjax.train.binary_loop import SequenceTaskRun
+    from seqjax.train.task_config import SequenceTaskRun
     path = Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml"
     assert _is_sequence_task_config(str(path))
     cfg = config_lib.load(SequenceTaskRun, path, ["sequence_task.data_path=x"]).sequence_task

@@ -15,7 +15,9 @@ from seqjax.evaluation import binary_card
 from seqjax.evaluation.binary import ECE_BINS, best_f1_threshold, binary_metrics, bootstrap_ci
 from seqjax.evaluation.evaluate import BOOTSTRAP_RESAMPLES, CI_LEVEL
 from seqjax.train import run_dir
-from seqjax.train.binary_loop import load_task_config, resolve_data, scored_examples
+from seqjax.train.task_config import load_task_config
+from seqjax.train.task_data import resolve_data
+from seqjax.train.task_predict import scored_examples
 
 
 def evaluate_sequence_task(workdir: str | Path, split: str = "test", checkpoint: str = "best",

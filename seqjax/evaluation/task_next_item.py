@@ -26,16 +26,11 @@ from seqjax.data.schema import TASK_DIR
 from seqjax.data.task_pipeline import TaskBatchSpec, task_eval_batches
 from seqjax.evaluation.ranking import ranking_metrics, target_ranks
 from seqjax.train import run_dir
-from seqjax.train.binary_loop import (
-    _restore_params,
-    attach,
-    check_data,
-    load_task_config,
-    model_graphdef,
-    resolve_data,
-    side_table,
-)
+from seqjax.train.binary_loop import model_graphdef
 from seqjax.train.step import put_batch
+from seqjax.train.task_config import load_task_config
+from seqjax.train.task_data import attach, check_data, resolve_data, side_table
+from seqjax.train.task_predict import restore_params
 
 
 def next_event_targets(data_path: str | Path, split: str) -> np.ndarray:
@@ -83,7 +78,7 @@ def evaluate_task_next_item(workdir: str | Path, split: str = "test", checkpoint
                                   "train with sequence_task.heads including next_item")
     check_data(workdir, data)
     mesh = sharding.make_mesh(cfg.num_devices)
-    _, params, chosen = _restore_params(workdir, cfg, data, mesh, checkpoint)
+    _, params, chosen = restore_params(workdir, cfg, data, mesh, checkpoint)
     rank = make_last_state_ranker(model_graphdef(cfg, data), mesh)
     targets_all = next_event_targets(cfg.data_path, split)
     first = first_of_each_history(cfg.data_path, split)

@@ -1,7 +1,9 @@
 """Sequence models for purchase / churn (and next-item as an auxiliary task): training, checkpoints, prediction.
 
     BinaryTrainer(SequenceTaskConfig(data_path="data/taobao", heads=("purchase",)), "runs/p").run()
-    predict("runs/p", "test")  ->  {"purchase": (example_index, prob)}
+    seqjax.train.task_predict.predict("runs/p", "test")  ->  {"purchase": (example_index, prob)}
+
+The config lives in seqjax/train/task_config.py, the data a run reads in seqjax/train/task_data.py.
 
 The run's examples, histories and splits are those of `data_path` (a `seqjax prepare --task` output).
 Each binary head's label comes from a prepared task:
@@ -28,33 +30,25 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pyarrow as pa
-import pyarrow.parquet as pq
-import yaml
 from flax import nnx
 from tqdm import tqdm
 
-from seqjax import config as config_lib
 from seqjax import sharding
-from seqjax.config import ConfigError
-from seqjax.data.features import gap_bucket
-from seqjax.data.schema import TASK_DIR
-from seqjax.data.task_pipeline import SEQUENCE_FIELDS, TaskBatchSpec, TaskTrainBatches, task_eval_batches
+from seqjax.data.task_pipeline import TaskBatchSpec, TaskTrainBatches, task_eval_batches
 from seqjax.evaluation.binary import METRICS, binary_metrics
-from seqjax.models.event_encoder import BINARY_HEADS, EventEncoderConfig, MultiTaskModel
+from seqjax.models.event_encoder import MultiTaskModel
 from seqjax.train import run_dir
 from seqjax.train.checkpoint import CheckpointStore
 from seqjax.train.config import OptimConfig
@@ -62,214 +56,14 @@ from seqjax.train.loop import CheckpointedRun, Progress, TrainingDiverged
 from seqjax.train.sampled_losses import LossConfig
 from seqjax.train.sampled_losses import make_loss as make_next_item_loss
 from seqjax.train.step import init_state, learning_rate, optimizer, put_batch
+from seqjax.train.task_config import SequenceTaskConfig
+from seqjax.train.task_data import SideTable, TaskData, attach, bind, resolve_data, side_table
 from seqjax.train.tensorboard import ScalarWriter
 
-SECTION = "sequence_task"  # config path of SequenceTaskConfig, for error messages
-CONFIG_FILE = "task_config.yaml"  # the resolved SequenceTaskConfig of a run directory
-DATA_FILE = "task_data.json"  # path and checksum of every prepared directory the run reads
-MIN_METRICS = ("log_loss", "Brier", "ECE")  # lower is better; the other METRICS: higher is better
-
-
-@dataclasses.dataclass(frozen=True)
-class BinaryHeadConfig:
-    weight: float = 1.0  # weight of this head's BCE in the total loss
-    pos_weight: float = 1.0  # BCE weight of positive examples (e.g. negatives / positives when positives are rare)
-    data: str = ""  # prepared DATA_DIR (--task <this head>, user level) holding this head's labels;
     # "" = data_path, whose task must then be this head
 
 
-@dataclasses.dataclass(frozen=True)
-class NextItemHeadConfig:
-    weight: float = 0.1  # weight of the next-item softmax loss in the total loss
-    loss_chunk: int = 512  # positions scored at once by the full-softmax loss
-    loss: LossConfig = LossConfig()  # full softmax, or sampled / gbce for large catalogues (uniform negatives:
     # task runs keep no item counts for popularity sampling)
-
-
-@dataclasses.dataclass(frozen=True)
-class SequenceTaskConfig:
-    data_path: str = ""  # prepared DATA_DIR (`seqjax prepare --task`): the run's examples, histories and splits
-    max_len: int = 200  # events per history: each example's most recent max_len before the cutoff
-    batch_size: int = 128  # examples per training batch
-    eval_batch_size: int = 256  # examples per prediction batch
-    buckets: tuple[int, ...] = ()  # padded history lengths; () = 16, 32, 64, ... and max_len
-    reader_threads: int = 2  # Grain reader threads
-    encoder: EventEncoderConfig = EventEncoderConfig()
-    heads: tuple[Literal["purchase", "churn", "next_item"], ...] = ()  # heads to train; () = data_path's task
-    purchase: BinaryHeadConfig = BinaryHeadConfig()
-    churn: BinaryHeadConfig = BinaryHeadConfig()
-    next_item: NextItemHeadConfig = NextItemHeadConfig()
-    optim: OptimConfig = OptimConfig()
-    seed: int = 0  # parameters, dropout and data order all derive from it
-    rng_impl: Literal["rbg", "threefry2x32"] = "rbg"  # dropout RNG (as train.rng_impl)
-    epochs: int = 20  # maximum epochs (one epoch = every training example once)
-    patience: int = 3  # stop after this many evaluations without improvement; 0 = never
-    metric: str = "PR-AUC"  # validation metric (seqjax.evaluation.binary.METRICS), averaged over the binary heads
-    eval_every_epochs: int = 1  # validate (and checkpoint) every this many epochs
-    checkpoint_every_steps: int = 0  # extra checkpoints inside an epoch; 0 = only at epoch ends
-    keep_latest: int = 2  # latest checkpoints kept
-    keep_best: int = 1  # best checkpoints (by metric) kept
-    log_every_steps: int = 20  # TensorBoard and progress update interval
-    max_steps: int = 0  # stop after this many steps in total; 0 = no limit
-    num_devices: int = 1  # devices on the data-parallel mesh axis; both batch sizes must divide by it
-
-    def validate(self) -> None:
-        p = SECTION
-        for name in ("max_len", "batch_size", "eval_batch_size", "epochs", "eval_every_epochs", "keep_latest",
-                     "log_every_steps", "num_devices", "reader_threads"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{p}.{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("patience", "keep_best", "max_steps", "checkpoint_every_steps"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{p}.{name}: must be >= 0, got {getattr(self, name)}")
-        if self.metric not in METRICS:
-            raise ConfigError(f"{p}.metric: {self.metric!r} is not one of {list(METRICS)}")
-        if len(set(self.heads)) != len(self.heads):
-            raise ConfigError(f"{p}.heads: {list(self.heads)} names a head twice")
-        if self.heads and not any(h in BINARY_HEADS for h in self.heads):
-            raise ConfigError(f"{p}.heads: {list(self.heads)} has no binary head (purchase or churn)")
-        if "next_item" in self.heads and self.encoder.kind == "transformer" and not self.encoder.causal:
-            raise ConfigError(f"{p}.heads: next_item needs a causal encoder ({p}.encoder.causal=true)")
-        for name in BINARY_HEADS:
-            h = getattr(self, name)
-            if h.weight < 0 or h.pos_weight <= 0:
-                raise ConfigError(f"{p}.{name}: weight must be >= 0 and pos_weight > 0, got {h.weight}, {h.pos_weight}")
-        if self.next_item.weight < 0 or self.next_item.loss_chunk < 1:
-            raise ConfigError(f"{p}.next_item: weight must be >= 0 and loss_chunk >= 1")
-        self.next_item.loss.validate()
-        if self.next_item.loss.needs_popularity:
-            raise ConfigError(f"{p}.next_item.loss: {self.next_item.loss.kind} with these options needs item "
-                              "popularity, which task runs do not count; use sampler=uniform (sampled) or "
-                              "in_batch_logq=false (in_batch)")
-        for name in ("batch_size", "eval_batch_size"):
-            if getattr(self, name) % self.num_devices:
-                raise ConfigError(f"{p}.{name}={getattr(self, name)} does not divide by {p}.num_devices="
-                                  f"{self.num_devices}")
-        if self.buckets and max(self.buckets) != self.max_len:
-            raise ConfigError(f"{p}.buckets must end at {p}.max_len={self.max_len}")
-
-    @property
-    def best_mode(self) -> Literal["max", "min"]:
-        return "min" if self.metric in MIN_METRICS else "max"
-
-    def length_buckets(self) -> tuple[int, ...]:
-        if self.buckets:
-            return self.buckets
-        return tuple(b for b in (16, 32, 64, 128, 256, 512, 1024) if b < self.max_len) + (self.max_len,)
-
-
-# -- data: the run's prepared directories and per-example side tables --------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class SequenceTaskRun:
-    """The file form of a sequence-task run: YAML with one `sequence_task:` section (`seqjax train`)."""
-    sequence_task: SequenceTaskConfig = SequenceTaskConfig()
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskData:
-    """What a run reads: data_path's task and the label source of every head."""
-
-    primary: str  # data_path's task (purchase or churn)
-    level: str  # data_path's example level (user or user_item)
-    num_items: int
-    num_categories: int
-    train_examples: int
-    heads: tuple[str, ...]  # resolved heads, in HEADS order
-    sources: dict[str, str]  # binary head -> prepared directory of its labels
-    checksums: dict[str, str]  # prepared directory -> metadata checksum
-
-
-def _task_section(path: str, metadata: dict) -> dict:
-    if "task" not in metadata:
-        raise run_dir.RunDirError(f"{path} has no task examples: prepare it with `seqjax prepare --task purchase|churn`")
-    return metadata["task"]["config"]
-
-
-def _users_digest(path: str) -> str:
-    return hashlib.sha256((Path(path) / "vocab" / "users.tsv").read_bytes()).hexdigest()
-
-
-def resolve_data(cfg: SequenceTaskConfig) -> TaskData:
-    """Checks data_path and every head's label directory; raises ConfigError / RunDirError naming them."""
-    meta = run_dir.load_metadata(cfg.data_path)
-    task = _task_section(cfg.data_path, meta)
-    heads = cfg.heads or (task["task"],)
-    checksums = {cfg.data_path: meta["checksum"]}
-    sources = {}
-    for head in (h for h in BINARY_HEADS if h in heads):
-        source = getattr(cfg, head).data
-        if not source:
-            if task["task"] != head:
-                raise ConfigError(f"{SECTION}.{head}.data: data_path {cfg.data_path} holds {task['task']} labels; "
-                                  f"give a directory prepared with --task {head} for the {head} head")
-            source = cfg.data_path
-        elif source != cfg.data_path:
-            other = run_dir.load_metadata(source)
-            other_task = _task_section(source, other)
-            if other_task["task"] != head or other_task["level"] != "user":
-                raise ConfigError(f"{SECTION}.{head}.data: {source} holds {other_task['task']} labels at "
-                                  f"{other_task['level']} level; the {head} head needs {head} at user level")
-            if _users_digest(source) != _users_digest(cfg.data_path):
-                raise ConfigError(f"{SECTION}.{head}.data: {source} has other user ids than {cfg.data_path} "
-                                  "(vocab/users.tsv differs): prepare both from the same log and options")
-            checksums[source] = other["checksum"]
-        sources[head] = source
-    order = ("next_item", *BINARY_HEADS)
-    return TaskData(task["task"], task["level"], meta["num_items"], meta["num_categories"],
-                    meta["task"]["counts"]["train"]["examples"], tuple(h for h in order if h in heads), sources, checksums)
-
-
-@dataclasses.dataclass
-class SideTable:
-    """Per example of one split (index = the `example` of its batches): what the batch lacks."""
-
-    cutoff_gap: np.ndarray  # int32 [E], log2 bucket of the seconds from the last history event to the cutoff
-    labels: dict[str, np.ndarray]  # binary head -> int32 [E]
-    labelled: dict[str, np.ndarray]  # binary head -> float32 [E], 1 where the head has a label
-
-
-def side_table(data: TaskData, split: str, data_path: str) -> SideTable:
-    """Reads data_path's task/<split>.parquet (and each other head's) and joins labels on (user, cutoff)."""
-    keys = pq.read_table(Path(data_path) / TASK_DIR / f"{split}.parquet",
-                         columns=["user", "cutoff", "label", "secs_since_last_event"])
-    secs = keys.column("secs_since_last_event").to_numpy(zero_copy_only=False).astype(np.float64)
-    none = ~np.isfinite(secs)
-    gap = gap_bucket(np.where(none, 0, secs).astype(np.int64), none).astype(np.int32)
-    n = keys.num_rows
-    labels, labelled = {}, {}
-    for head, source in data.sources.items():
-        if source == data_path:
-            labels[head] = keys.column("label").to_numpy().astype(np.int32)
-            labelled[head] = np.ones(n, np.float32)
-            continue
-        other = pq.read_table(Path(source) / TASK_DIR / f"{split}.parquet", columns=["user", "cutoff", "label"])
-        left = pa.table({"user": keys.column("user"), "cutoff": keys.column("cutoff"), "row": np.arange(n)})
-        joined = left.join(other.rename_columns(["user", "cutoff", "y"]), keys=["user", "cutoff"],
-                           join_type="left outer").sort_by("row")
-        if joined.num_rows != n:
-            raise ValueError(f"{source}: (user, cutoff) is not unique in its {split} split")
-        y = joined.column("y")
-        labelled[head] = y.is_valid().to_numpy(zero_copy_only=False).astype(np.float32)
-        labels[head] = y.fill_null(0).to_numpy().astype(np.int32)
-        if n and labelled[head].mean() < 1.0:
-            print(f"warning: {head} labels from {source} cover {labelled[head].mean():.1%} of the {split} examples "
-                  f"of {data_path} (joined on user and cutoff); the rest are left out of the {head} head",
-                  file=sys.stderr, flush=True)
-    return SideTable(gap, labels, labelled)
-
-
-def attach(batch: dict[str, np.ndarray], table: SideTable) -> dict[str, np.ndarray]:
-    """The model's inputs of a task batch: sequences, lengths, candidate, weight, cutoff_gap, and per binary
-    head `<head>_label` / `<head>_weight` (0 on padding rows and rows without that head's label)."""
-    rows = np.maximum(batch["example"], 0)
-    real = batch["weight"]
-    out = {k: batch[k] for k in (*SEQUENCE_FIELDS, "lengths", "candidate", "weight")}
-    out["cutoff_gap"] = np.where(real > 0, table.cutoff_gap[rows], 0).astype(np.int32)
-    for head in table.labels:
-        out[f"{head}_label"] = table.labels[head][rows]
-        out[f"{head}_weight"] = table.labelled[head][rows] * real
-    return out
 
 
 # -- model, losses and the jitted functions ---------------------------------------------------------
@@ -420,43 +214,6 @@ def head_metrics(index: np.ndarray, probs: dict[str, np.ndarray], table: SideTab
     for k in METRICS:
         out[k] = float(np.mean([out[f"{h}/{k}"] for h in probs]))
     return out
-
-
-# -- the run directory --------------------------------------------------------------------------------
-
-def bind(workdir: Path, cfg: SequenceTaskConfig, data: TaskData, allow_config_change: bool) -> None:
-    """Records the config and data checksums in a new run dir, or checks them against an existing one."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    resolved = config_lib.to_dict(cfg)
-    path = workdir / CONFIG_FILE
-    if path.exists():
-        changed = config_lib.diff(yaml.safe_load(path.read_text()) or {}, resolved)
-        if changed and not allow_config_change:
-            raise run_dir.RunDirError(f"{workdir} was started with a different config (changed: {', '.join(changed)});"
-                                      " use a new workdir, or allow the config change to resume anyway")
-    check_data(workdir, data)
-    run_dir.write_atomic(path, yaml.safe_dump(resolved, sort_keys=False))
-    run_dir.write_atomic(workdir / DATA_FILE, json.dumps(
-        {str(Path(p).resolve()): c for p, c in data.checksums.items()}, indent=1))
-
-
-def check_data(workdir: Path, data: TaskData) -> None:
-    """Refuses prepared data whose checksum differs from what the run was trained on."""
-    path = workdir / DATA_FILE
-    if not path.exists():
-        return
-    trained = json.loads(path.read_text())
-    for p, checksum in data.checksums.items():
-        before = trained.get(str(Path(p).resolve()))
-        if before is not None and before != checksum:
-            raise run_dir.RunDirError(f"data checksum of {p} differs from the one {workdir} was trained on")
-
-
-def load_task_config(workdir: str | Path) -> SequenceTaskConfig:
-    path = Path(workdir) / CONFIG_FILE
-    if not path.exists():
-        raise run_dir.RunDirError(f"{workdir} has no {CONFIG_FILE}: not a sequence-task run directory")
-    return config_lib.from_dict(SequenceTaskConfig, yaml.safe_load(path.read_text()))
 
 
 def checkpoint_store(workdir: Path, cfg: SequenceTaskConfig) -> CheckpointStore:
@@ -629,66 +386,3 @@ class BinaryTrainer(CheckpointedRun):
 def train_sequence_task(cfg: SequenceTaskConfig, workdir: str | Path, allow_config_change: bool = False,
                         ) -> dict[str, Any]:
     return BinaryTrainer(cfg, workdir, allow_config_change).run()
-
-
-# -- prediction -----------------------------------------------------------------------------------
-
-def _restore_params(workdir: Path, cfg: SequenceTaskConfig, data: TaskData, mesh, checkpoint: str):
-    """(compiled functions, params, how the step was chosen) of `checkpoint`: best, latest or a step number."""
-    comp = compiled(model_graphdef(cfg, data), StepSpec.of(cfg, data), mesh)
-    _, abstract = state_factory(cfg, data, comp.tx, mesh)
-    store = checkpoint_store(workdir, cfg)
-    steps = store.all_steps()
-    if not steps:
-        raise run_dir.RunDirError(f"no checkpoints under {store.directory}: train first")
-    if checkpoint == "best":
-        step = store.best_step()
-        chosen = f"best validation {cfg.metric}" if step is not None else "latest (no validation metric saved)"
-        step = max(steps) if step is None else step
-    elif checkpoint == "latest":
-        step, chosen = store.latest_intact_step(), "latest"
-    else:
-        step, chosen = int(checkpoint), f"step {checkpoint}, as asked"
-    restored_step, state, _ = store.restore(abstract, step=step)
-    return comp, state["params"], {"step": restored_step, "chosen": chosen}
-
-
-def _predict(workdir: Path, split: str, checkpoint: str):
-    cfg = load_task_config(workdir)
-    data = resolve_data(cfg)
-    check_data(workdir, data)
-    mesh = sharding.make_mesh(cfg.num_devices)
-    comp, params, chosen = _restore_params(workdir, cfg, data, mesh, checkpoint)
-    table = side_table(data, split, cfg.data_path)
-    index, probs = predict_split(comp.probs, params, cfg, split, table, mesh)
-    return cfg, table, index, probs, chosen
-
-
-def predict(workdir: str | Path, split: str = "test", checkpoint: str = "best",
-            ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{binary head: (example index int64 [E], P(label = 1) float32 [E])}: every example of `split` once,
-    in file order (the index is the row of DATA_DIR/task/<split>.parquet). `checkpoint`: best (by
-    validation metric; the latest when none was saved), latest, or a step number."""
-    _, _, index, probs, _ = _predict(Path(workdir), split, checkpoint)
-    return {h: (index, p) for h, p in probs.items()}
-
-
-def scored_examples(workdir: str | Path, split: str = "test", checkpoint: str = "best",
-                    ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
-    """What a binary evaluation needs, per binary head, over the examples that have that head's label:
-    {"example", "user" (the bootstrap group), "label", "prob"} arrays [E_h]; and {"step", "chosen"}, the
-    checkpoint used."""
-    cfg, table, index, probs, chosen = _predict(Path(workdir), split, checkpoint)
-    users = pq.read_table(Path(cfg.data_path) / TASK_DIR / f"{split}.parquet", columns=["user"]).column("user")
-    users = users.to_numpy()[index]
-    out = {}
-    for h, p in probs.items():
-        keep = table.labelled[h][index] > 0
-        out[h] = {"example": index[keep], "user": users[keep], "label": table.labels[h][index][keep], "prob": p[keep]}
-    return out, chosen
-
-
-def head_labels(cfg: SequenceTaskConfig, split: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{binary head: (example index int64, label int32)} of the examples of `split` that have that head's label."""
-    table = side_table(resolve_data(cfg), split, cfg.data_path)
-    return {h: (np.flatnonzero(table.labelled[h] > 0), table.labels[h][table.labelled[h] > 0]) for h in table.labels}
