@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -71,6 +72,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from seqjax.evaluation.compare import compare, print_comparison
+    metrics = tuple(args.metrics)
+    result = compare(args.a, args.b, metrics, args.resamples)
+    print_comparison(result, args.a, args.b, metrics)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
 def _prepare(args: argparse.Namespace) -> int:
     from seqjax.data.prepare import run_prepare
     return run_prepare(args)
@@ -116,6 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the task to evaluate; default: the run's (a single-task run refuses another)")
     p.add_argument("--json", default=None, help="also write metrics and protocol card here")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("compare", help="B - A of two next-item evaluations of the same users, with paired "
+                                       "bootstrap intervals (`seqjax evaluate --json` outputs)")
+    p.add_argument("a", help="evaluation JSON of the baseline")
+    p.add_argument("b", help="evaluation JSON of the model compared with it")
+    p.add_argument("--metrics", nargs="+", default=["NDCG@10", "HR@10", "MRR"])
+    p.add_argument("--resamples", type=int, default=2000)
+    p.add_argument("--json", default=None, help="also write the comparison here")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("demo", help="generate a synthetic shop log, prepare, train sasrec_tiny, evaluate")
     p.add_argument("--out", default="runs/demo", help="folder for the data and the run")
