@@ -83,3 +83,10 @@ def test_packed_steps_match_unpacked_steps(layout, tiny_data, tmp_path):
 def test_packing_is_refused_where_attention_cannot_mask_segments(override):
     with pytest.raises(config_lib.ConfigError, match="data.pack=true"):
         config_lib.load(ExperimentConfig, None, ["data.pack=true", override])
+
+
+def test_progress_counts_users_of_packed_and_unpacked_batches():
+    from seqjax.train.loop import sequences_in
+    seqs = [np.arange(1, n + 2) for n in (5, 3, 9, 2)]  # 4 users
+    assert sequences_in(packed_rows(seqs, 10, 8)) == 4
+    assert sequences_in({"lengths": np.array([5, 3, 0, 9, 0])}) == 3
