@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from seqjax.evaluation.ranking import per_user_metrics
+
 # Protocol fields that must agree for a paired comparison to mean anything.
 SAME_PROTOCOL = (("dataset", "checksum"), ("dataset", "num_items"), ("split", "evaluated"), ("candidates",),
                  ("filter_seen", "applied"))
@@ -36,20 +38,16 @@ def load_evaluation(path: str | Path) -> tuple[dict, dict[int, int]]:
     return json.loads(path.read_text()), ranks
 
 
-def per_user_metrics(ranks: np.ndarray, num_items: int, metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Per-user values whose means are `ranking_metrics`: HR@K, NDCG@K (one relevant item) and MRR."""
-    ranked = ranks <= num_items
-    out = {}
+def _metric_values(ranks: np.ndarray, num_items: int, metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Per-user values of HR@K / NDCG@K / MRR names, from `per_user_metrics`."""
+    ks = []
     for name in metrics:
-        if name == "MRR":
-            out[name] = np.where(ranked, 1.0 / ranks, 0.0)
-            continue
         kind, _, k = name.partition("@")
-        if kind not in ("HR", "NDCG") or not k.isdigit():
+        if name != "MRR" and (kind not in ("HR", "NDCG") or not k.isdigit()):
             raise ValueError(f"unknown metric {name!r}: use HR@K, NDCG@K or MRR")
-        hit = ranked & (ranks <= int(k))
-        out[name] = np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0) if kind == "NDCG" else hit.astype(np.float64)
-    return out
+        ks += [int(k)] if k else []
+    values = per_user_metrics(ranks, num_items, tuple(sorted(set(ks))))
+    return {name: values[name] for name in metrics}
 
 
 def compare(path_a: str | Path, path_b: str | Path, metrics: tuple[str, ...] = ("NDCG@10", "HR@10", "MRR"),
@@ -66,7 +64,7 @@ def compare(path_a: str | Path, path_b: str | Path, metrics: tuple[str, ...] = (
     num_items = int(a["protocol"]["dataset"]["num_items"])
     values = []
     for run, path, ranks in ((a, path_a, ranks_a), (b, path_b, ranks_b)):
-        per_user = per_user_metrics(np.array([ranks[u] for u in users], np.int64), num_items, metrics)
+        per_user = _metric_values(np.array([ranks[u] for u in users], np.int64), num_items, metrics)
         for name, v in per_user.items():
             if name in run["metrics"] and abs(v.mean() - run["metrics"][name]) > 1e-6:
                 raise ValueError(f"{path}: {name} from its per-user ranks is {v.mean():.6f}, the JSON says "

@@ -61,27 +61,34 @@ def target_ranks(scores: jax.Array, targets: jax.Array, history: jax.Array,
     return jnp.where(miss, miss_rank(num_items), ranks).astype(jnp.int32)
 
 
-def ranking_metrics(ranks: np.ndarray, num_items: int,
-                    ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, float]:
-    """Mean HR@K, NDCG@K and MRR over users, plus `count` (number of users, an int).
+def per_user_metrics(ranks: np.ndarray, num_items: int, ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, np.ndarray]:
+    """Each user's HR@K, NDCG@K and MRR (float64 [B]); their means are `ranking_metrics`.
 
     ranks: int [B] from `target_ranks`; any rank above `num_items` is a miss.
     With one relevant item, NDCG@K = 1 / log2(rank + 1) when rank <= K, else 0 (the ideal DCG is 1).
     MRR is over the full list (no cut-off): 1 / rank, 0 for a miss.
     """
     ranks = np.asarray(ranks).reshape(-1).astype(np.int64)
-    if ranks.size == 0:
-        raise ValueError("ranking_metrics needs at least one rank")
     if (ranks < 1).any():
         raise ValueError(f"ranks are 1-based; got a minimum of {ranks.min()}")
     ranked = ranks <= num_items
     gain = np.where(ranked, 1.0 / np.log2(ranks + 1.0), 0.0)
-    metrics: dict[str, float] = {}
+    values: dict[str, np.ndarray] = {}
     for k in ks:
         hit = ranked & (ranks <= k)  # `ranked` matters when k > num_items: the sentinel is a miss
-        metrics[f"HR@{k}"] = float(hit.mean())
-        metrics[f"NDCG@{k}"] = float(np.where(hit, gain, 0.0).mean())
-    metrics["MRR"] = float(np.where(ranked, 1.0 / ranks, 0.0).mean())
+        values[f"HR@{k}"] = hit.astype(np.float64)
+        values[f"NDCG@{k}"] = np.where(hit, gain, 0.0)
+    values["MRR"] = np.where(ranked, 1.0 / ranks, 0.0)
+    return values
+
+
+def ranking_metrics(ranks: np.ndarray, num_items: int,
+                    ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, float]:
+    """Mean HR@K, NDCG@K and MRR over users (see `per_user_metrics`), plus `count` (number of users, an int)."""
+    ranks = np.asarray(ranks).reshape(-1)
+    if ranks.size == 0:
+        raise ValueError("ranking_metrics needs at least one rank")
+    metrics = {name: float(v.mean()) for name, v in per_user_metrics(ranks, num_items, ks).items()}
     metrics["count"] = int(ranks.size)
     return metrics
 

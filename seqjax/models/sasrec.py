@@ -44,10 +44,6 @@ class SASRecConfig:
             raise ValueError(f"model.sasrec.layout={self.layout!r} is not one of {LAYOUTS}")
         if self.linear_init_std < 0:
             raise ValueError(f"model.sasrec.linear_init_std={self.linear_init_std} must be >= 0")
-        if self.attention_dropout not in ("output", "weights"):
-            raise ValueError(f"model.sasrec.attention_dropout={self.attention_dropout!r} is not output or weights")
-        if self.qkv_init not in ("dense", "torch_mha"):
-            raise ValueError(f"model.sasrec.qkv_init={self.qkv_init!r} is not dense or torch_mha")
         if self.norm_eps <= 0:
             raise ValueError(f"model.sasrec.norm_eps={self.norm_eps} must be > 0")
         if not 0.0 <= self.dropout < 1.0:

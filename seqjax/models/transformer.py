@@ -55,7 +55,6 @@ class Block(nnx.Module):
         self.causal = causal
         self.activation = activation
         self.layout = layout
-        self.dropout_rate = dropout
         self.attention_dropout = attention_dropout
         init = nnx.initializers.normal(init_std) if init_std > 0 else nnx.initializers.lecun_normal()
         linear = lambda i, o, kernel_init=init: FlatLinear(i, o, kernel_init=kernel_init, rngs=rngs)
@@ -93,7 +92,7 @@ class Block(nnx.Module):
             k, v = jnp.split(self.kv(x), 2, axis=-1)
         on_weights = self.attention_dropout == "weights"
         a = attention(split(q), split(k), split(v), lengths, causal=self.causal, implementation=implementation,
-                      dropout_rate=self.dropout_rate if on_weights else 0.0,
+                      dropout_rate=self.drop.rate if on_weights else 0.0,
                       dropout_key=keys[0] if train and on_weights else None, segments=segments)
         a = self.out(a.reshape(b, t, d))
         a = a if on_weights else drop(a, 0)
