@@ -15,6 +15,12 @@ Finer buckets cut padded positions by 4.4% but gave no reliable speed-up; the de
     previous  median 32.9 s  x1.016  real positions 73.5%  (unpacked, sort_window 4)
     random    median 43.0 s  x1.328  real positions 52.7%  (unpacked, fully random)
 Packing buys K&V's fully random batches for the cost of near-sorted ones; it does not reach 30 s.
+
+2026-12-05 (another 2-core machine, "AMD EPYC", jax 0.12.0.1; 2 rounds; the same config):
+    config     median 17.8 s  x1.000  [17.9, 17.7]
+    chunk2048  median 19.4 s  x1.090  [20.0, 18.9]  (train.loss_chunk=2048)
+    chunk256   median 18.3 s  x1.026  [19.7, 16.9]  (train.loss_chunk=256)
+The loss chunk of 512 stays. This machine runs the same config 1.8x faster than that of 2026-11-28.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from seqjax.train.step import put_batch
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {
     "config": [],
+    "chunk2048": ["train.loss_chunk=2048"],
+    "chunk256": ["train.loss_chunk=256"],
     "every16": ["data.buckets=[16,32,48,64,80,96,112,128,144,160,176,192,200]"],
     "loss_all_chunks": ["train.loss.skip_padding=false"],  # the loss also scores padded positions
     "pre_ln": ["model.sasrec.layout=pre_ln"],
