@@ -86,11 +86,15 @@ def kind_runs(data, tmp_path_factory):
     return get
 
 
-def _losses(workdir, tag):
+def _scalars(workdir, tag) -> list[tuple[int, float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(workdir / "tensorboard"))
     acc.Reload()
-    return np.array([e.value for e in sorted(acc.Scalars(tag), key=lambda e: e.step)])
+    return [(e.step, e.value) for e in sorted(acc.Scalars(tag), key=lambda e: e.step)]
+
+
+def _losses(workdir, tag):
+    return np.array([v for _, v in _scalars(workdir, tag)])
 
 
 def _state(workdir, step="latest"):
@@ -195,6 +199,15 @@ def test_multitask_heads_all_train_and_predict_every_example(data, tmp_path):
     np.testing.assert_array_equal(labels, own)
     _check_next_item_evaluation(cfg, tmp_path, data["purchase"])
     from seqjax.evaluation.sequence_task_eval import evaluate_sequence_task
+    # The next_item head keeps its own best checkpoint: the step with the best validation NDCG@10, which
+    # `evaluate --task next_item` loads and re-scores to the value logged during training.
+    curve = _scalars(tmp_path, "valid/next_item/NDCG@10")
+    best_step, best_value = max(curve, key=lambda sv: (sv[1], sv[0]))
+    assert summary["next_item_best"]["step"] == best_step
+    valid = evaluate_sequence_task(tmp_path, "valid", "best", tmp_path / "nv.json", task="next_item")
+    assert valid["protocol"]["model"]["checkpoint"] == {"step": best_step,
+                                                        "chosen": "best validation next_item/NDCG@10"}
+    assert valid["metrics"]["NDCG@10"] == pytest.approx(best_value, rel=1e-5)
     churn = evaluate_sequence_task(tmp_path, "test", "best", tmp_path / "c.json", task="churn")
     assert churn["protocol"]["task"]["task"] == "churn"  # the card of the head's own label directory
 
@@ -214,7 +227,8 @@ def _check_next_item_evaluation(cfg, workdir, data_dir):
     np.testing.assert_array_equal(ranked[:, 2], nxt[ranked[:, 0]])
     data = resolve_data(cfg)
     mesh = sharding.make_mesh(1)
-    _, params, _ = restore_params(workdir, cfg, data, mesh, "best")
+    _, params, chosen = restore_params(workdir, cfg, data, mesh, "best", head="next_item")
+    assert chosen["step"] == result["protocol"]["model"]["checkpoint"]["step"]
     model = nnx.merge(model_graphdef(cfg, data), params)
     table = side_table(data, "test", cfg.data_path)
     want = {}

@@ -105,6 +105,22 @@ def test_min_mode_keeps_lowest(tmp_path):
     assert store.best_step() == 2
 
 
+def test_extra_best_metrics_keep_and_restore_their_own_best(tmp_path):
+    # One best per head of a multi-task run: each metric keeps its best step and restores it by name.
+    metrics = {1: (0.5, 0.1), 2: (0.9, 0.2), 3: (0.6, 0.8), 4: (0.7, 0.3), 5: (0.4, 0.4)}
+    store = CheckpointStore(tmp_path, keep_latest=1, keep_best=1, best_metric="PR-AUC",
+                            extra_best={"next_item/NDCG@10": "max", "churn/log_loss": "min"})
+    for s, (auc, ndcg) in metrics.items():
+        store.save(s, make_state(s), {}, {"PR-AUC": auc, "next_item/NDCG@10": ndcg, "churn/log_loss": 1 / s})
+    assert store.all_steps() == [2, 3, 5]  # latest 5 (also the lowest log loss), PR-AUC 2, NDCG 3
+    assert store.best_step() == 2
+    assert store.best_step("next_item/NDCG@10") == 3
+    assert store.best_step("churn/log_loss") == 5
+    assert store.restore(abstract_of(make_state(0)), step="best", metric="next_item/NDCG@10")[0] == 3
+    with pytest.raises(ValueError, match="not a metric this store keeps best steps of"):
+        store.best_step("HR@10")
+
+
 def test_steps_without_metric_are_never_kept_as_best(tmp_path):
     store = CheckpointStore(tmp_path, keep_latest=2, keep_best=1)
     store.save(1, make_state(1), {}, {"NDCG@10": 0.2})

@@ -23,7 +23,11 @@ optimizer state, RNG key, step, the data position (epoch, batch) and the early-s
 (seqjax.train.loop.Progress). Batches are a pure function of (seed, epoch, batch) (TaskTrainBatches) and
 dropout keys of (seed, step), so a resumed run ends bit-identical on CPU to an uninterrupted one.
 Validation: every binary head's seqjax.evaluation.binary metrics on its labelled validation examples;
-early stopping and the best checkpoint follow `metric` averaged over the binary heads.
+the best checkpoint follows `metric` averaged over the binary heads. With a next_item head, validation also
+ranks each history's next event (seqjax.evaluation.next_event) and the step with the best
+next_item/NDCG@10 is kept as that head's own best checkpoint (what `evaluate --task next_item` loads);
+early stopping then waits until neither has improved for `patience` evaluations, so the slower-learning
+next-item head is not cut off by the binary heads.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ from tqdm import tqdm
 from seqjax import sharding
 from seqjax.data.task_pipeline import TaskBatchSpec, TaskTrainBatches, task_eval_batches
 from seqjax.evaluation.binary import METRICS, binary_metrics
+from seqjax.evaluation.next_event import NextEventTargets, make_last_state_ranker, rank_next_events
+from seqjax.evaluation.ranking import ranking_metrics
 from seqjax.models.event_encoder import MultiTaskModel
 from seqjax.train import run_dir
 from seqjax.train.checkpoint import CheckpointStore
@@ -216,9 +222,13 @@ def head_metrics(index: np.ndarray, probs: dict[str, np.ndarray], table: SideTab
     return out
 
 
+NEXT_ITEM_METRIC = "next_item/NDCG@10"  # the next_item head's own best checkpoint follows it
+
+
 def checkpoint_store(workdir: Path, cfg: SequenceTaskConfig) -> CheckpointStore:
+    extra = {NEXT_ITEM_METRIC: "max"} if "next_item" in cfg.heads else None
     return CheckpointStore(workdir / "checkpoints", keep_latest=cfg.keep_latest, keep_best=cfg.keep_best,
-                           best_metric=cfg.metric, best_mode=cfg.best_mode)
+                           best_metric=cfg.metric, best_mode=cfg.best_mode, extra_best=extra)
 
 
 # -- training -----------------------------------------------------------------------------------------
@@ -240,10 +250,23 @@ class BinaryTrainer(CheckpointedRun):
         self.step_fn, self.probs_fn = self.compiled.step, self.compiled.probs
         self.store = checkpoint_store(self.workdir, cfg)
         self.better = (lambda a, b: a > b) if cfg.best_mode == "max" else (lambda a, b: a < b)
+        self.next_targets = None
+        if "next_item" in self.data.heads:  # loaded now: data prepared without next-event targets fails early
+            self.next_targets = NextEventTargets(cfg.data_path, "valid")
+            self.rank_fn = make_last_state_ranker(model_graphdef(cfg, self.data), self.mesh)
 
     def validate(self, params) -> dict[str, float]:
-        index, probs = predict_split(self.probs_fn, params, self.cfg, "valid", self.tables["valid"], self.mesh)
-        return head_metrics(index, probs, self.tables["valid"])
+        cfg = self.cfg
+        index, probs = predict_split(self.probs_fn, params, cfg, "valid", self.tables["valid"], self.mesh)
+        metrics = head_metrics(index, probs, self.tables["valid"])
+        if self.next_targets is not None:
+            spec = TaskBatchSpec(cfg.eval_batch_size, cfg.max_len, cfg.seed, cfg.length_buckets())
+            ranked = rank_next_events(self.rank_fn, params, cfg.data_path, "valid", spec, self.tables["valid"],
+                                      self.next_targets, self.mesh)
+            if len(ranked["rank"]):
+                metrics.update({f"next_item/{k}": v for k, v in
+                                ranking_metrics(ranked["rank"], self.data.num_items).items()})
+        return metrics
 
     def run(self) -> dict[str, Any]:
         state, progress, resumed = self._restore()
@@ -300,19 +323,29 @@ class BinaryTrainer(CheckpointedRun):
         step = int(state["step"])
         tb.scalars(step, {f"valid/{k}": v for k, v in metrics.items() if math.isfinite(v)})
         value = metrics[cfg.metric]  # NaN when a head's validation labels hold one class: never the best
-        if math.isfinite(value) and (progress.best_metric is None or self.better(value, progress.best_metric)):
+        improved = math.isfinite(value) and (progress.best_metric is None or self.better(value, progress.best_metric))
+        if improved:
             progress.best_metric, progress.best_step, progress.best_epoch = value, step, progress.epoch
-            progress.bad_evals = 0
-        else:
-            progress.bad_evals += 1
         heads = "  ".join(f"{h} {metrics[f'{h}/{cfg.metric}']:.4f} (ROC-AUC {metrics[f'{h}/ROC-AUC']:.4f})"
                           for h in self.data.sources)
         best = "none yet" if progress.best_metric is None else \
             f"{progress.best_metric:.4f} at epoch {progress.best_epoch}"
+        watched = cfg.metric
+        if self.next_targets is not None:
+            watched += f" or {NEXT_ITEM_METRIC}"
+            next_value = metrics.get(NEXT_ITEM_METRIC, math.nan)
+            next_best = progress.head_best.get("next_item")
+            if math.isfinite(next_value) and (next_best is None or next_value >= next_best[0]):
+                improved = improved or next_best is None or next_value > next_best[0]
+                # a tie moves the record too: the checkpoint store picks the later of equal steps
+                progress.head_best["next_item"] = next_best = [next_value, step, progress.epoch]
+            if next_best is not None:
+                heads += f"  next_item NDCG@10 {next_value:.4f} (best {next_best[0]:.4f} at epoch {next_best[2]})"
+        progress.bad_evals = 0 if improved else progress.bad_evals + 1
         print(f"epoch {progress.epoch}: valid {cfg.metric}: {heads} (best {best}); "
               f"train {progress.epoch_seconds[-1]:.1f}s, valid {progress.eval_seconds[-1]:.1f}s", flush=True)
         if cfg.patience and progress.bad_evals >= cfg.patience and progress.epoch < cfg.epochs:
-            progress.stopped = f"early stop: no {cfg.metric} gain in {cfg.patience} evaluations"
+            progress.stopped = f"early stop: no {watched} gain in {cfg.patience} evaluations"
         return metrics
 
     def _train_epoch(self, state: dict, progress: Progress, tb: ScalarWriter) -> tuple[dict, bool]:
@@ -375,6 +408,9 @@ class BinaryTrainer(CheckpointedRun):
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "steps_per_epoch": self.steps_per_epoch,
         }
+        if "next_item" in progress.head_best:
+            value, step, epoch = progress.head_best["next_item"]
+            summary["next_item_best"] = {"epoch": epoch, "step": step, NEXT_ITEM_METRIC: value}
         if progress.best_step is not None:
             best = self.store.metrics_of(progress.best_step) if progress.best_step in self.store.all_steps() else None
             if best:

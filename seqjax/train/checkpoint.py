@@ -24,6 +24,7 @@ keep_checkpoints_without_metrics=...)`; 0.11.13-0.11.x had an incompatible BestN
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -162,7 +163,8 @@ class CheckpointStore:
     """Saves and restores `(state pytree, JSON metadata)` per training step, with verification.
 
     Retention keeps the newest `keep_latest` steps and the `keep_best` steps with the best
-    `metrics[best_metric]`. A step saved without metrics is never kept for being best, only for
+    `metrics[best_metric]`, and as many for each metric of `extra_best` ({metric: "max" | "min"}: e.g.
+    one per head of a multi-task model, each restored by `restore(step="best", metric=...)`). A step saved without metrics is never kept for being best, only for
     being recent; one whose metrics lack `best_metric` (or hold a NaN) ranks below every step
     that has it. `keep_latest >= 1`: resuming needs the newest step.
 
@@ -177,13 +179,16 @@ class CheckpointStore:
         keep_best: int = 1,
         best_metric: str = "NDCG@10",
         best_mode: Literal["max", "min"] = "max",
+        extra_best: Mapping[str, Literal["max", "min"]] | None = None,
     ):
         if keep_latest < 1:
             raise ValueError(f"keep_latest must be >= 1 to resume, got {keep_latest}")
         if keep_best < 0:
             raise ValueError(f"keep_best must be >= 0, got {keep_best}")
-        if best_mode not in ("max", "min"):
-            raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+        self.modes = {best_metric: best_mode, **(extra_best or {})}
+        for name, mode in self.modes.items():
+            if mode not in ("max", "min"):
+                raise ValueError(f"the mode of {name!r} must be 'max' or 'min', got {mode!r}")
         self.directory = Path(directory).absolute()
         self.best_metric = best_metric
         self.best_mode = best_mode
@@ -193,14 +198,14 @@ class CheckpointStore:
         # BestN alone would delete the newest step whenever it is not among the best, and resume
         # would then go back to an old step; LatestN keeps it. BestN skips steps without metrics.
         policy = checkpoint_managers.AnyPreservationPolicy(
-            policies=[
-                checkpoint_managers.LatestN(n=keep_latest),
+            policies=[checkpoint_managers.LatestN(n=keep_latest)] + [
                 checkpoint_managers.BestN(
-                    get_metric_fn=self._rank_value,
-                    reverse=best_mode == "min",
+                    get_metric_fn=functools.partial(self._rank_value, metric=name),
+                    reverse=mode == "min",
                     n=keep_best,
                     keep_checkpoints_without_metrics=False,
-                ),
+                )
+                for name, mode in self.modes.items()
             ]
         )
         options = ocp.CheckpointManagerOptions(
@@ -218,11 +223,13 @@ class CheckpointStore:
             self.directory, options=options, item_names=(_STATE, _META)
         )
 
-    def _rank_value(self, metrics: Any) -> float:
-        """The value BestN sorts by: the metric, or the worst possible value when it is absent."""
-        worst = -math.inf if self.best_mode == "max" else math.inf
+    def _rank_value(self, metrics: Any, metric: str | None = None) -> float:
+        """The value BestN sorts by: the metric (default `best_metric`), or the worst possible value
+        when it is absent."""
+        metric = metric or self.best_metric
+        worst = -math.inf if self.modes[metric] == "max" else math.inf
         try:
-            value = float(metrics[self.best_metric])
+            value = float(metrics[metric])
         except (TypeError, KeyError, ValueError):
             return worst
         return value if math.isfinite(value) else worst
@@ -239,13 +246,16 @@ class CheckpointStore:
         metrics = self._manager.metrics(step)
         return None if metrics is None else dict(metrics)
 
-    def _best_first(self) -> list[int]:
-        """Steps that have a finite `best_metric`, best first; later steps win ties."""
+    def _best_first(self, metric: str | None = None) -> list[int]:
+        """Steps that have a finite `metric` (default `best_metric`), best first; later steps win ties."""
+        metric = metric or self.best_metric
+        if metric not in self.modes:
+            raise ValueError(f"{metric!r} is not a metric this store keeps best steps of: {list(self.modes)}")
         ranked = []
         for step in self.all_steps():
-            value = self._rank_value(self.metrics_of(step))
+            value = self._rank_value(self.metrics_of(step), metric)
             if math.isfinite(value):
-                ranked.append((value if self.best_mode == "max" else -value, step))
+                ranked.append((value if self.modes[metric] == "max" else -value, step))
         return [step for _, step in sorted(ranked, reverse=True)]
 
     def _first_intact(self, candidates: list[int]) -> tuple[int | None, list[tuple[int, str]]]:
@@ -266,9 +276,9 @@ class CheckpointStore:
         """The newest step that passes verification, or None."""
         return self._first_intact(self.all_steps()[::-1])[0]
 
-    def best_step(self) -> int | None:
-        """The retained, intact step with the best `best_metric`, or None."""
-        return self._first_intact(self._best_first())[0]
+    def best_step(self, metric: str | None = None) -> int | None:
+        """The retained, intact step with the best `metric` (default `best_metric`), or None."""
+        return self._first_intact(self._best_first(metric))[0]
 
     def save(
         self,
@@ -305,11 +315,13 @@ class CheckpointStore:
         self,
         abstract_state: Any = None,
         step: int | Literal["latest", "best"] | None = "latest",
+        metric: str | None = None,
     ) -> tuple[int, Any, dict[str, Any]] | None:
         """Load `(step, state, meta)`; None when the directory holds no checkpoint at all.
 
         `abstract_state` is a pytree of `jax.ShapeDtypeStruct` (with shardings to place the
-        arrays); None restores as saved. `step` is "latest" (or None), "best", or a step number.
+        arrays); None restores as saved. `step` is "latest" (or None), "best" (by `metric`, default
+        `best_metric`), or a step number.
         "latest" and "best" fall back past steps that fail verification, logging each one; a step
         number does not. Raises CheckpointError when no requested step is intact.
         """
@@ -319,10 +331,10 @@ class CheckpointStore:
         if step is None or step == "latest":
             candidates = steps[::-1]
         elif step == "best":
-            candidates = self._best_first()
+            candidates = self._best_first(metric)
             if not candidates:
                 raise CheckpointError(
-                    f"no checkpoint in {self.directory} has metric {self.best_metric!r}"
+                    f"no checkpoint in {self.directory} has metric {metric or self.best_metric!r}"
                 )
         elif isinstance(step, int) and not isinstance(step, bool):
             if step not in steps:

@@ -59,7 +59,8 @@ class Progress:
     best_metric: float | None = None
     best_step: int | None = None
     best_epoch: int | None = None
-    bad_evals: int = 0  # evaluations since the best one
+    bad_evals: int = 0  # evaluations since the best one (multi-task: since any tracked head improved)
+    head_best: dict[str, list] = dataclasses.field(default_factory=dict)  # head -> [value, step, epoch]
     stopped: str = ""  # why training ended ("" while it runs)
     epoch_seconds: list[float] = dataclasses.field(default_factory=list)  # train time per finished epoch
     eval_seconds: list[float] = dataclasses.field(default_factory=list)

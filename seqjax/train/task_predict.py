@@ -11,13 +11,24 @@ import pyarrow.parquet as pq
 from seqjax import sharding
 from seqjax.data.schema import TASK_DIR
 from seqjax.train import run_dir
-from seqjax.train.binary_loop import StepSpec, checkpoint_store, compiled, model_graphdef, predict_split, state_factory
+from seqjax.train.binary_loop import (
+    NEXT_ITEM_METRIC,
+    StepSpec,
+    checkpoint_store,
+    compiled,
+    model_graphdef,
+    predict_split,
+    state_factory,
+)
 from seqjax.train.task_config import SequenceTaskConfig, load_task_config
 from seqjax.train.task_data import TaskData, check_data, resolve_data, side_table
 
 
-def restore_params(workdir: Path, cfg: SequenceTaskConfig, data: TaskData, mesh, checkpoint: str):
-    """(compiled functions, params, how the step was chosen) of `checkpoint`: best, latest or a step number."""
+def restore_params(workdir: Path, cfg: SequenceTaskConfig, data: TaskData, mesh, checkpoint: str,
+                   head: str | None = None):
+    """(compiled functions, params, how the step was chosen) of `checkpoint`: best, latest or a step number.
+    "best" for head="next_item" is the step with the best validation next_item/NDCG@10; for the binary heads
+    (or a run trained before next-item validation existed) the best by the run's `metric`."""
     comp = compiled(model_graphdef(cfg, data), StepSpec.of(cfg, data), mesh)
     _, abstract = state_factory(cfg, data, comp.tx, mesh)
     store = checkpoint_store(workdir, cfg)
@@ -25,9 +36,13 @@ def restore_params(workdir: Path, cfg: SequenceTaskConfig, data: TaskData, mesh,
     if not steps:
         raise run_dir.RunDirError(f"no checkpoints under {store.directory}: train first")
     if checkpoint == "best":
-        step = store.best_step()
-        chosen = f"best validation {cfg.metric}" if step is not None else "latest (no validation metric saved)"
-        step = max(steps) if step is None else step
+        step = store.best_step(NEXT_ITEM_METRIC) if head == "next_item" else None
+        chosen = f"best validation {NEXT_ITEM_METRIC}"
+        if step is None:
+            step = store.best_step()
+            chosen = f"best validation {cfg.metric}" + (" (no next_item validation saved)" if head else "")
+        if step is None:
+            step, chosen = max(steps), "latest (no validation metric saved)"
     elif checkpoint == "latest":
         step, chosen = store.latest_intact_step(), "latest"
     else:
