@@ -163,10 +163,11 @@ class CheckpointStore:
     """Saves and restores `(state pytree, JSON metadata)` per training step, with verification.
 
     Retention keeps the newest `keep_latest` steps and the `keep_best` steps with the best
-    `metrics[best_metric]`, and as many for each metric of `extra_best` ({metric: "max" | "min"}: e.g.
-    one per head of a multi-task model, each restored by `restore(step="best", metric=...)`). A step saved without metrics is never kept for being best, only for
-    being recent; one whose metrics lack `best_metric` (or hold a NaN) ranks below every step
-    that has it. `keep_latest >= 1`: resuming needs the newest step.
+    `metrics[best_metric]`, and as many for each metric of `extra_best` ({metric: "max" | "min"}:
+    e.g. one per head of a multi-task model, each restored by `restore(step="best", metric=...)`).
+    A step saved without metrics is never kept for being best, only for being recent; one whose
+    metrics lack the metric (or hold a NaN) ranks below every step that has it.
+    `keep_latest >= 1`: resuming needs the newest step.
 
     Every method is to be called by all processes. Process 0 writes the manifest; each process
     verifies on its own (the directory must be shared storage visible to all of them).
@@ -191,7 +192,6 @@ class CheckpointStore:
                 raise ValueError(f"the mode of {name!r} must be 'max' or 'min', got {mode!r}")
         self.directory = Path(directory).absolute()
         self.best_metric = best_metric
-        self.best_mode = best_mode
         if jax.process_index() == 0:
             _set_aside_unreadable_metrics(self.directory)
         _sync_processes("seqjax_checkpoint_open")

@@ -40,7 +40,7 @@ def restore_params(workdir: Path, cfg: SequenceTaskConfig, data: TaskData, mesh,
         chosen = f"best validation {NEXT_ITEM_METRIC}"
         if step is None:
             step = store.best_step()
-            chosen = f"best validation {cfg.metric}" + (" (no next_item validation saved)" if head else "")
+            chosen = f"best validation {cfg.metric}" + (" (no next_item validation saved)" if head == "next_item" else "")
         if step is None:
             step, chosen = max(steps), "latest (no validation metric saved)"
     elif checkpoint == "latest":
