@@ -20,6 +20,7 @@ from seqjax import sharding
 from seqjax.data.schema import TASK_DIR
 from seqjax.data.task_pipeline import TaskBatchSpec, task_eval_batches
 from seqjax.evaluation.ranking import target_ranks
+from seqjax.models.repeat_head import mixture_scores
 from seqjax.train import run_dir
 from seqjax.train.step import put_batch
 from seqjax.train.task_data import SideTable, attach
@@ -57,13 +58,18 @@ class NextEventTargets:
 
 def make_last_state_ranker(graphdef: nnx.GraphDef, mesh):
     """jitted (params, batch, targets [B]) -> ranks [B]: the state at each row's last history event scores
-    every item (the next_item head, as trained: position t predicts event t + 1)."""
+    every item (the next_item head, as trained: position t predicts event t + 1; with a repeat head, the
+    log-probability of its repeat-explore mixture)."""
     def rank(params, batch, targets):
         model = nnx.merge(graphdef, params)
         _, enc = model(batch)
         last = jnp.maximum(batch["lengths"] - 1, 0)
         user = jnp.take_along_axis(enc.states, last[:, None, None], axis=1)[:, 0]
         scores = jnp.einsum("bd,vd->bv", user, model.item_table(), preferred_element_type=jnp.float32)
+        if model.repeat is not None:  # the repeat-explore mixture at the last event
+            gate, log_a, visible = model.repeat_parts(batch, enc)
+            at_last = lambda x: jnp.take_along_axis(x, last.reshape((-1,) + (1,) * (x.ndim - 1)), axis=1)[:, 0]
+            scores = mixture_scores(at_last(gate), at_last(log_a), at_last(visible), batch["items"], scores)
         return target_ranks(scores, targets, batch["items"], False)
 
     rep, split = sharding.replicated(mesh), sharding.logical(mesh, "batch")

@@ -41,6 +41,7 @@ from seqjax.data.features import GAP_BUCKETS
 from seqjax.data.schema import EVENT_TYPES
 from seqjax.models.attention import Implementation
 from seqjax.models.recurrent import RecurrentLayer
+from seqjax.models.repeat_head import RepeatHead
 from seqjax.models.transformer import Block
 
 # Per-event features that can be embedded (besides `items`, which is always), and the per-example one.
@@ -220,11 +221,14 @@ class MultiTaskModel(nnx.Module):
 
     `candidate_heads`: the binary heads whose examples are (user, item) pairs (purchase at user_item
     level); they read `batch["candidate"]`. The next_item head has no parameters of its own: it scores
-    the per-position states against the encoder's item table (and needs a causal encoder).
+    the per-position states against the encoder's item table (and needs a causal encoder); with `repeat`
+    it becomes a repeat-explore mixture (seqjax.models.repeat_head), whose gate and repeat attention are
+    the only parameters it adds.
     """
 
     def __init__(self, num_items: int, num_categories: int, max_len: int, cfg: EventEncoderConfig,
-                 heads: tuple[str, ...], candidate_heads: tuple[str, ...] = (), *, rngs: nnx.Rngs):
+                 heads: tuple[str, ...], candidate_heads: tuple[str, ...] = (), *, repeat: bool = False,
+                 rngs: nnx.Rngs):
         unknown = [h for h in (*heads, *candidate_heads) if h not in HEADS]
         if unknown or not heads:
             raise ValueError(f"heads must be a non-empty subset of {list(HEADS)}, got {list(heads)}")
@@ -236,6 +240,9 @@ class MultiTaskModel(nnx.Module):
         hidden = cfg.head_hidden or cfg.dim
         self.binary = nnx.Dict({h: BinaryHead(cfg.dim, hidden, cfg.dropout, candidate=h in candidate_heads, rngs=rngs)
                                 for h in self.binary_heads})
+        if repeat and "next_item" not in heads:
+            raise ValueError("repeat=True is a form of the next_item head, which is not among the heads")
+        self.repeat = RepeatHead(cfg.dim, rngs=rngs) if repeat else None
 
     def item_table(self) -> jax.Array:
         return self.encoder.item_table()
@@ -253,6 +260,10 @@ class MultiTaskModel(nnx.Module):
                 stats = candidate_stats(batch["items"], batch["lengths"], batch["candidate"])
             logits[name] = head(enc, cand, stats, keys[1 + k])
         return logits, enc
+
+    def repeat_parts(self, batch: Mapping[str, jax.Array], enc: Encoded) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """RepeatHead's (gate logits [B, T], log a [B, T, T], visible [B, T, T]); keys from the event inputs."""
+        return self.repeat(enc.states, self.encoder.embed(batch), batch["lengths"])
 
     def next_item_scores(self, enc: Encoded) -> jax.Array:
         """Scores of every item after each position [B, T, V+1] (column 0, padding, is -inf)."""

@@ -55,6 +55,7 @@ from seqjax.evaluation.binary import METRICS, binary_metrics
 from seqjax.evaluation.next_event import NextEventTargets, make_last_state_ranker, rank_next_events
 from seqjax.evaluation.ranking import ranking_metrics
 from seqjax.models.event_encoder import MultiTaskModel
+from seqjax.models.repeat_head import repeat_loss
 from seqjax.train import run_dir
 from seqjax.train.checkpoint import CheckpointStore
 from seqjax.train.config import OptimConfig
@@ -77,7 +78,7 @@ from seqjax.train.tensorboard import ScalarWriter
 def build_model(cfg: SequenceTaskConfig, data: TaskData) -> MultiTaskModel:
     candidate = ("purchase",) if data.level == "user_item" and data.primary == "purchase" else ()
     return MultiTaskModel(data.num_items, data.num_categories, cfg.max_len, cfg.encoder, data.heads, candidate,
-                          rngs=nnx.Rngs(jax.random.key(cfg.seed, impl=cfg.rng_impl)))
+                          repeat=cfg.next_item.repeat, rngs=nnx.Rngs(jax.random.key(cfg.seed, impl=cfg.rng_impl)))
 
 
 def bce(logits: jax.Array, labels: jax.Array, weights: jax.Array, pos_weight: float) -> jax.Array:
@@ -127,12 +128,20 @@ def make_loss(graphdef: nnx.GraphDef, spec: StepSpec):
     def loss(params, batch, key):
         model = nnx.merge(graphdef, params)
         logits, enc = model(batch, key)
+        logged = {}
         parts = {h: bce(v, batch[f"{h}_label"], batch[f"{h}_weight"], pos_weight[h]) for h, v in logits.items()}
         if "next_item" in spec.heads:
             targets, weights = next_item_targets(batch["items"], batch["lengths"], batch["weight"])
-            parts["next_item"] = next_item_loss(enc.states, model.item_table(), targets, weights,
-                                                jax.random.fold_in(key, 1))  # negatives apart from dropout
-        return sum(weight[h] * v for h, v in parts.items()), parts
+            explore = lambda w: next_item_loss(enc.states, model.item_table(), targets, w,
+                                               jax.random.fold_in(key, 1))  # negatives apart from dropout
+            if model.repeat is None:
+                parts["next_item"] = explore(weights)
+            else:
+                gate, log_a, visible = model.repeat_parts(batch, enc)
+                parts["next_item"], mix = repeat_loss(gate, log_a, visible, batch["items"], targets, weights, explore)
+                logged = {f"next_item_{k}": v for k, v in mix.items()}
+        total = sum(weight[h] * v for h, v in parts.items())
+        return total, {**parts, **logged}
     return loss
 
 

@@ -33,6 +33,8 @@ class BinaryHeadConfig:
 class NextItemHeadConfig:
     weight: float = 0.1  # weight of the next-item softmax loss in the total loss
     loss_chunk: int = 512  # positions scored at once by the full-softmax loss
+    repeat: bool = False  # repeat-explore mixture (seqjax.models.repeat_head): a gate chooses between the
+    # user's own history items (attention over past events) and the rest of the catalogue; for shop logs
     loss: LossConfig = LossConfig()  # full softmax, or sampled / gbce for large catalogues (uniform negatives:
 
 
@@ -84,6 +86,8 @@ class SequenceTaskConfig:
             h = getattr(self, name)
             if h.weight < 0 or h.pos_weight <= 0:
                 raise ConfigError(f"{p}.{name}: weight must be >= 0 and pos_weight > 0, got {h.weight}, {h.pos_weight}")
+        if self.next_item.repeat and "next_item" not in self.heads:
+            raise ConfigError(f"{p}.next_item.repeat=true: next_item is not in {p}.heads={list(self.heads)}")
         if self.next_item.weight < 0 or self.next_item.loss_chunk < 1:
             raise ConfigError(f"{p}.next_item: weight must be >= 0 and loss_chunk >= 1")
         self.next_item.loss.validate()
