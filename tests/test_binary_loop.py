@@ -20,7 +20,7 @@ from seqjax.data.task_pipeline import TaskBatchSpec, task_eval_batches
 from seqjax.data.task_prepare import TaskOptions
 from seqjax.evaluation.binary import binary_metrics
 from seqjax.models.event_encoder import EventEncoder, EventEncoderConfig
-from seqjax.train.binary_loop import BinaryTrainer, train_sequence_task
+from seqjax.train.binary_loop import BinaryTrainer, checkpoint_store, train_sequence_task
 from seqjax.train.checkpoint import CheckpointStore
 from seqjax.train.config import OptimConfig
 from seqjax.train.sampled_losses import LossConfig
@@ -280,6 +280,15 @@ def test_repeat_head_ranks_as_its_mixture_and_beats_the_plain_head(data, tmp_pat
     _check_next_item_evaluation(runs[True][0], tmp_path / "True", data["purchase"])
     with pytest.raises(ConfigError, match=r"next_item\.repeat=true: next_item is not in"):
         tiny(data["purchase"], next_item=NextItemHeadConfig(repeat=True)).validate()
+
+
+def test_tied_validation_keeps_the_later_step_as_the_checkpoint_store_does(data, tmp_path, monkeypatch):
+    tied = {"PR-AUC": 0.3, "purchase/PR-AUC": 0.3, "purchase/ROC-AUC": 0.6}
+    monkeypatch.setattr(BinaryTrainer, "validate", lambda self, params: dict(tied))
+    cfg = tiny(data["purchase"], epochs=4, patience=2)
+    summary = train_sequence_task(cfg, tmp_path)
+    assert summary["best_step"] == checkpoint_store(tmp_path, cfg).best_step()
+    assert summary["best_epoch"] == summary["epochs"] == 3 and summary["stopped"].startswith("early stop")
 
 
 def test_config_errors_name_the_field(data):

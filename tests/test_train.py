@@ -118,6 +118,16 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_last_good(tiny_data, tmp
     assert f"last good checkpoint: step {max(steps) if steps else None}" in str(err.value)
 
 
+def test_tied_validation_keeps_the_later_step_as_the_checkpoint_store_does(tiny_data, tmp_path, monkeypatch):
+    # Every epoch validates to the same value: the summary's best step must be the one `--checkpoint best`
+    # restores (Orbax keeps the later of equal metrics), while patience still counts no gain.
+    monkeypatch.setattr(Trainer, "validate", lambda self, params: {"NDCG@10": 0.25, "HR@10": 0.5, "count": 10})
+    summary = train(tiny_config(tiny_data, "train.epochs=4", "train.patience=2"), tmp_path)
+    store_best = CheckpointStore(tmp_path / "checkpoints").best_step()
+    assert summary["best_step"] == store_best and summary["best_epoch"] == 3
+    assert summary["stopped"].startswith("early stop") and summary["epochs"] == 3  # 2 and 3: no gain
+
+
 def test_evaluate_refuses_other_data(tiny_data, tmp_path):
     from seqjax.evaluation.evaluate import evaluate
     train(tiny_config(tiny_data, "train.epochs=1"), tmp_path)

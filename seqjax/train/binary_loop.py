@@ -333,7 +333,7 @@ class BinaryTrainer(CheckpointedRun):
         tb.scalars(step, {f"valid/{k}": v for k, v in metrics.items() if math.isfinite(v)})
         value = metrics[cfg.metric]  # NaN when a head's validation labels hold one class: never the best
         improved = math.isfinite(value) and (progress.best_metric is None or self.better(value, progress.best_metric))
-        if improved:
+        if improved or value == progress.best_metric:  # a tie moves the record: the store keeps the later step
             progress.best_metric, progress.best_step, progress.best_epoch = value, step, progress.epoch
         heads = "  ".join(f"{h} {metrics[f'{h}/{cfg.metric}']:.4f} (ROC-AUC {metrics[f'{h}/ROC-AUC']:.4f})"
                           for h in self.data.sources)
@@ -346,7 +346,7 @@ class BinaryTrainer(CheckpointedRun):
             next_best = progress.head_best.get("next_item")
             if math.isfinite(next_value) and (next_best is None or next_value >= next_best[0]):
                 improved = improved or next_best is None or next_value > next_best[0]
-                # a tie moves the record too: the checkpoint store picks the later of equal steps
+                # a tie moves the record, as for the binary metric
                 progress.head_best["next_item"] = next_best = [next_value, step, progress.epoch]
             if next_best is not None:
                 heads += f"  next_item NDCG@10 {next_value:.4f} (best {next_best[0]:.4f} at epoch {next_best[2]})"

@@ -183,11 +183,10 @@ class Trainer(CheckpointedRun):
         step = int(state["step"])
         tb.scalars(step, {f"valid/{k}": v for k, v in metrics.items() if k != "count"})
         value = metrics[cfg.train.metric]
-        if progress.best_metric is None or value > progress.best_metric:
+        improved = progress.best_metric is None or value > progress.best_metric
+        if improved or value == progress.best_metric:  # a tie moves the record: the store keeps the later step
             progress.best_metric, progress.best_step, progress.best_epoch = value, step, progress.epoch
-            progress.bad_evals = 0
-        else:
-            progress.bad_evals += 1
+        progress.bad_evals = 0 if improved else progress.bad_evals + 1
         print(f"epoch {progress.epoch}: valid {cfg.train.metric}={value:.4f} HR@10={metrics.get('HR@10', 0):.4f} "
               f"(best {progress.best_metric:.4f} at epoch {progress.best_epoch}); "
               f"train {progress.epoch_seconds[-1]:.1f}s, valid {progress.eval_seconds[-1]:.1f}s", flush=True)
