@@ -32,6 +32,10 @@ DATA = Path(os.environ.get("SEQJAX_DATA_DIR", ROOT.parent / "shared" / "data"))
 TAOBAO = str(DATA / "taobao_userbehavior_head" / "UserBehavior_head.csv")
 CLASSICAL = ("logreg", "tree", "knn", "gbdt")
 SEQUENCE = ("lstm", "gru", "transformer")
+# <encoder>_noid: the same encoder without item and category id embeddings (event type, time and session
+# features only): asks whether the ids overfit where training examples are few. Not in the default kinds.
+NO_ID_FEATURES = "[events,hour,weekday,gap_bucket,session_position,cutoff_gap]"
+VARIANTS = {f"{k}_noid": k for k in SEQUENCE}
 # name -> prepare arguments, the task, the classical and sequence configs the kinds override, extra kinds
 DATASETS = {
     "taobao_purchase": dict(prepare=["--format", "taobao", "--input", TAOBAO, "--task", "purchase"],
@@ -69,9 +73,10 @@ def run_model(kind: str, seed: int | None, spec: dict, data: Path, out: Path) ->
     workdir = out / name
     results = {s: workdir / f"{s}.json" for s in ("valid", "test")}
     if not results["test"].exists():
-        if kind in SEQUENCE:
-            sets = [f"sequence_task.data_path={data}", f"sequence_task.encoder.kind={kind}",
+        if kind in SEQUENCE or kind in VARIANTS:
+            sets = [f"sequence_task.data_path={data}", f"sequence_task.encoder.kind={VARIANTS.get(kind, kind)}",
                     f"sequence_task.seed={seed}"]
+            sets += [f"sequence_task.encoder.features={NO_ID_FEATURES}"] if kind in VARIANTS else []
             config = spec["sequence"]
         else:
             sets = [f"data.path={data}", f"model.kind={kind}"]
@@ -124,8 +129,9 @@ def main() -> None:
                                 *spec["generate"]], check=True, stdout=f)
             prepare += ["--input", str(log_csv)]
         seqjax("prepare", *prepare, "--out", str(data), log=out / "prepare.log")
-    runs = {k: [run_model(k, s if k in SEQUENCE else None, spec, data, out)
-                for s in (args.seeds if k in SEQUENCE else [None])] for k in kinds}
+    neural = (*SEQUENCE, *VARIANTS)
+    runs = {k: [run_model(k, s if k in neural else None, spec, data, out)
+                for s in (args.seeds if k in neural else [None])] for k in kinds}
 
     first = runs[kinds[0]][0]["test"]["protocol"]
     print(f"\n# {args.dataset}: {spec['task']}, test split, {first.get('examples')} examples; "
@@ -142,8 +148,8 @@ def main() -> None:
         print(f"{kind:<12} {len(rs):>5} {valid:>13} " + " ".join(f"{c:>22}" for c in cells))
 
     valid_score = {k: np.mean([r["valid"]["metrics"]["PR-AUC"] for r in rs]) for k, rs in runs.items()}
-    classical = [k for k in runs if k not in SEQUENCE]
-    sequence = [k for k in runs if k in SEQUENCE]
+    classical = [k for k in runs if k not in neural]
+    sequence = [k for k in runs if k in neural]
     if classical and sequence:
         best_c = max(classical, key=valid_score.get)
         best_s = max(sequence, key=valid_score.get)

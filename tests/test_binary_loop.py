@@ -19,7 +19,7 @@ from seqjax.data.synthetic import Behaviour, generate_log
 from seqjax.data.task_pipeline import TaskBatchSpec, task_eval_batches
 from seqjax.data.task_prepare import TaskOptions
 from seqjax.evaluation.binary import binary_metrics
-from seqjax.models.event_encoder import EventEncoder, EventEncoderConfig
+from seqjax.models.event_encoder import EventEncoder, EventEncoderConfig, MultiTaskModel
 from seqjax.train.binary_loop import BinaryTrainer, checkpoint_store, train_sequence_task
 from seqjax.train.checkpoint import CheckpointStore
 from seqjax.train.config import OptimConfig
@@ -174,6 +174,20 @@ def test_padded_positions_change_nothing(kind, causal, data):
     assert not np.array_equal(noisy["items"], batch["items"])
 
 
+def test_encoder_without_item_ids_ignores_them(data):
+    # features without "items" (user-level heads only): the item ids reach nothing, the other features do.
+    cfg = EventEncoderConfig(kind="gru", dim=16, features=("events", "hour", "gap_bucket"))
+    encoder = EventEncoder(150, 6, 24, cfg, rngs=nnx.Rngs(0))
+    assert encoder.item_embed is None
+    table = side_table(resolve_data(tiny(data["purchase"])), "valid", str(data["purchase"]))
+    batch = attach(next(task_eval_batches(data["purchase"], "valid", TaskBatchSpec(32, 24))), table)
+    other_items = {**batch, "items": np.where(batch["items"] > 0, 151 - batch["items"], 0).astype(np.int32)}
+    other_hours = {**batch, "hour": ((batch["hour"] + 5) % 24).astype(np.int32)}
+    user = np.asarray(encoder(batch).user)
+    np.testing.assert_array_equal(np.asarray(encoder(other_items).user), user)
+    assert not np.allclose(np.asarray(encoder(other_hours).user), user)
+
+
 def test_multitask_heads_all_train_and_predict_every_example(data, tmp_path):
     # The next_item head trains with sampled negatives (the large-catalogue setting); full softmax is the
     # same dispatcher SASRec's tests cover.
@@ -294,8 +308,12 @@ def test_tied_validation_keeps_the_later_step_as_the_checkpoint_store_does(data,
 def test_config_errors_name_the_field(data):
     with pytest.raises(ValueError, match=r"model\.event_encoder\.dim=0"):
         EventEncoderConfig(dim=0).validate()
-    with pytest.raises(ValueError, match=r"model\.event_encoder\.features must include 'items'"):
-        EventEncoderConfig(features=("events",)).validate()
+    without_items = EventEncoderConfig(features=("events", "hour"))
+    with pytest.raises(ConfigError, match=r"sequence_task\.encoder\.features must include 'items' for the "
+                                          r"next_item head"):
+        SequenceTaskConfig(heads=("purchase", "next_item"), encoder=without_items).validate()
+    with pytest.raises(ValueError, match=r"features must include 'items' for the \['purchase'\] head"):
+        MultiTaskModel(150, 6, 16, without_items, ("purchase",), ("purchase",), rngs=nnx.Rngs(0))
     with pytest.raises(ConfigError, match=r"sequence_task\.heads: \['next_item'\] has no binary head"):
         SequenceTaskConfig(heads=("next_item",)).validate()
     bidirectional = dataclasses.replace(EventEncoderConfig(), kind="transformer", causal=False)

@@ -62,8 +62,8 @@ class EventEncoderConfig:
     ffn_mult: int = 2  # feed-forward width = ffn_mult * dim (transformer)
     causal: bool = True  # transformer: causal attention (needed by the next_item head); False: bidirectional
     dropout: float = 0.1  # on the summed embeddings, between layers, in the blocks and in the heads
-    features: tuple[str, ...] = FEATURES  # which inputs to embed; "items" is required (candidate and
-    # next-item scores use its table); "cutoff_gap" is per example, added to the user representation
+    features: tuple[str, ...] = FEATURES  # which inputs to embed; "items" is needed by the candidate and
+    # next-item heads (they score against its table); "cutoff_gap" is per example, added to the user state
     max_session_position: int = 31  # session positions above this share the last embedding
     head_hidden: int = 0  # hidden width of each binary head's MLP; 0 = dim
     attention: Implementation = "reference"  # attention implementation (transformer)
@@ -82,8 +82,6 @@ class EventEncoderConfig:
         unknown = [f for f in self.features if f not in FEATURES]
         if unknown:
             raise ValueError(f"{p}.features: unknown {unknown}; choose from {list(FEATURES)}")
-        if "items" not in self.features:
-            raise ValueError(f"{p}.features must include 'items' (candidate and next-item scores use its table)")
         if self.head_hidden < 0:
             raise ValueError(f"{p}.head_hidden={self.head_hidden} must be >= 0")
 
@@ -112,7 +110,7 @@ class EventEncoder(nnx.Module):
         sizes = vocab_sizes(num_items, num_categories, cfg.max_session_position)
         init = nnx.initializers.normal(0.02)
         embed = lambda name: nnx.Embed(sizes[name], cfg.dim, embedding_init=init, rngs=rngs)
-        self.item_embed = embed("items")
+        self.item_embed = embed("items") if "items" in cfg.features else None
         # The other per-event features share one table, each in its own block of rows (`offsets`): one
         # gather (and one scatter-add in the backward pass) for all of them.
         self.offsets = tuple(int(x) for x in np.cumsum([0] + [sizes[f] for f in self.features])[:-1])
@@ -138,7 +136,9 @@ class EventEncoder(nnx.Module):
     def embed(self, batch: Mapping[str, jax.Array]) -> jax.Array:
         """Sum of the enabled feature embeddings [B, T, D], zero at padded positions."""
         items = batch["items"]
-        x = jnp.take(self.item_table(), items, axis=0)
+        x = jnp.zeros(items.shape + (self.input_norm.num_features,), self.input_norm.scale.dtype)
+        if self.item_embed is not None:
+            x = jnp.take(self.item_table(), items, axis=0)
         if self.features:
             ids = [jnp.minimum(batch[f], self.max_session_position) if f == "session_position" else batch[f]
                    for f in self.features]
@@ -234,6 +234,10 @@ class MultiTaskModel(nnx.Module):
             raise ValueError(f"heads must be a non-empty subset of {list(HEADS)}, got {list(heads)}")
         if "next_item" in heads and cfg.kind == "transformer" and not cfg.causal:
             raise ValueError(f"model.{cfg.section}.causal=false: the next_item head needs a causal encoder")
+        item_heads = [h for h in heads if h == "next_item" or h in candidate_heads]
+        if item_heads and "items" not in cfg.features:
+            raise ValueError(f"model.{cfg.section}.features must include 'items' for the {item_heads} head(s): "
+                             "they score items against its table")
         self.heads = tuple(h for h in HEADS if h in heads)
         self.binary_heads = tuple(h for h in BINARY_HEADS if h in heads)
         self.encoder = EventEncoder(num_items, num_categories, max_len, cfg, rngs=rngs)

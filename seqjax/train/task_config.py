@@ -86,6 +86,9 @@ class SequenceTaskConfig:
             h = getattr(self, name)
             if h.weight < 0 or h.pos_weight <= 0:
                 raise ConfigError(f"{p}.{name}: weight must be >= 0 and pos_weight > 0, got {h.weight}, {h.pos_weight}")
+        if "next_item" in self.heads and "items" not in self.encoder.features:
+            raise ConfigError(f"{p}.encoder.features must include 'items' for the next_item head (it scores items "
+                              "against the item table)")
         if self.next_item.repeat and "next_item" not in self.heads:
             raise ConfigError(f"{p}.next_item.repeat=true: next_item is not in {p}.heads={list(self.heads)}")
         if self.next_item.weight < 0 or self.next_item.loss_chunk < 1:
