@@ -36,27 +36,31 @@ SEQUENCE = ("lstm", "gru", "transformer")
 # features only): asks whether the ids overfit where training examples are few. Not in the default kinds.
 NO_ID_FEATURES = "[events,hour,weekday,gap_bucket,session_position,cutoff_gap]"
 VARIANTS = {f"{k}_noid": k for k in SEQUENCE}
-# name -> prepare arguments, the task, the classical and sequence configs the kinds override, extra kinds
+PURCHASE = ("purchase", "purchase_gbdt_taobao", "purchase_lstm_taobao")  # task, classical and sequence configs
+CHURN = ("churn", "churn_gbdt_cdnow", "churn_lstm_cdnow")
+
+
+def dataset(prepare: list[str], task: str, classical: str, sequence: str, **more) -> dict:
+    """prepare arguments, the task, the classical and sequence configs the kinds override; `more`: extra kinds,
+    or `generate`: seqjax.data.synthetic arguments for a log written first."""
+    return {"prepare": prepare, "task": task, "classical": classical, "sequence": sequence, **more}
+
+
 DATASETS = {
-    "taobao_purchase": dict(prepare=["--format", "taobao", "--input", TAOBAO, "--task", "purchase"],
-                            task="purchase", classical="purchase_gbdt_taobao", sequence="purchase_lstm_taobao"),
+    "taobao_purchase": dataset(["--format", "taobao", "--input", TAOBAO, "--task", "purchase"], *PURCHASE),
     # Candidates (and features) from the day before each cutoff: with all history, the head file gives 123,102
     # training pairs at 0.15% positive and one LSTM epoch took ~9 min here, too long for 3 seeds x 3 encoders.
-    "taobao_purchase_pair": dict(prepare=["--format", "taobao", "--input", TAOBAO, "--task", "purchase",
-                                          "--set", "task.level=user_item", "--set", "task.feature_window=1d"],
-                                 task="purchase", classical="purchase_gbdt_taobao", sequence="purchase_lstm_taobao"),
+    "taobao_purchase_pair": dataset(["--format", "taobao", "--input", TAOBAO, "--task", "purchase", "--set",
+                                     "task.level=user_item", "--set", "task.feature_window=1d"], *PURCHASE),
     # Horizon 1 day: every one of the head file's 815 users is active on 2017-12-02/03 (a weekend spike), so
     # any longer horizon leaves the test cutoff with no churner at all (checked: 2d and 3d give 0 of 815).
-    "taobao_churn": dict(prepare=["--format", "taobao", "--input", TAOBAO, "--task", "churn"],
-                         task="churn", classical="churn_gbdt_cdnow", sequence="churn_lstm_cdnow"),
-    "generated_purchase": dict(generate=["--users", "10000", "--items", "20000", "--categories", "200",
-                                         "--days", "30", "--mean-events", "60", "--seed", "0"],
-                               prepare=["--format", "generic", "--task", "purchase", "--set",
-                                        "task.cutoffs=[2024-01-12,2024-01-13,2024-01-14,2024-01-15]"],
-                               task="purchase", classical="purchase_gbdt_taobao", sequence="purchase_lstm_taobao"),
-    "cdnow_churn": dict(prepare=["--format", "cdnow", "--input", str(DATA / "cdnow" / "CDNOW_master.txt"),
-                                 "--task", "churn"],
-                        task="churn", classical="churn_gbdt_cdnow", sequence="churn_lstm_cdnow", extra=("bgnbd",)),
+    "taobao_churn": dataset(["--format", "taobao", "--input", TAOBAO, "--task", "churn"], *CHURN),
+    "generated_purchase": dataset(["--format", "generic", "--task", "purchase", "--set",
+                                   "task.cutoffs=[2024-01-12,2024-01-13,2024-01-14,2024-01-15]"], *PURCHASE,
+                                  generate=["--users", "10000", "--items", "20000", "--categories", "200",
+                                            "--days", "30", "--mean-events", "60", "--seed", "0"]),
+    "cdnow_churn": dataset(["--format", "cdnow", "--input", str(DATA / "cdnow" / "CDNOW_master.txt"), "--task",
+                            "churn"], *CHURN, extra=("bgnbd",)),
 }
 
 
