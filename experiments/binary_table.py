@@ -32,10 +32,12 @@ DATA = Path(os.environ.get("SEQJAX_DATA_DIR", ROOT.parent / "shared" / "data"))
 TAOBAO = str(DATA / "taobao_userbehavior_head" / "UserBehavior_head.csv")
 CLASSICAL = ("logreg", "tree", "knn", "gbdt")
 SEQUENCE = ("lstm", "gru", "transformer")
-# <encoder>_noid: the same encoder without item and category id embeddings (event type, time and session
-# features only): asks whether the ids overfit where training examples are few. Not in the default kinds.
+# Variants, not in the default kinds: <encoder>_noid drops the item and category id embeddings (event type,
+# time and session features only: do the ids overfit where examples are few?); <encoder>_agg also feeds the
+# classical models' RFM aggregates to the head (wide & deep: does the sequence add to the aggregates?).
 NO_ID_FEATURES = "[events,hour,weekday,gap_bucket,session_position,cutoff_gap]"
-VARIANTS = {f"{k}_noid": k for k in SEQUENCE}
+VARIANTS = {**{f"{k}_noid": (k, [f"sequence_task.encoder.features={NO_ID_FEATURES}"]) for k in SEQUENCE},
+            **{f"{k}_agg": (k, ["sequence_task.aggregates=true"]) for k in SEQUENCE}}
 PURCHASE = ("purchase", "purchase_gbdt_taobao", "purchase_lstm_taobao")  # task, classical and sequence configs
 CHURN = ("churn", "churn_gbdt_cdnow", "churn_lstm_cdnow")
 
@@ -78,9 +80,9 @@ def run_model(kind: str, seed: int | None, spec: dict, data: Path, out: Path) ->
     results = {s: workdir / f"{s}.json" for s in ("valid", "test")}
     if not results["test"].exists():
         if kind in SEQUENCE or kind in VARIANTS:
-            sets = [f"sequence_task.data_path={data}", f"sequence_task.encoder.kind={VARIANTS.get(kind, kind)}",
-                    f"sequence_task.seed={seed}"]
-            sets += [f"sequence_task.encoder.features={NO_ID_FEATURES}"] if kind in VARIANTS else []
+            encoder, extra = VARIANTS.get(kind, (kind, []))
+            sets = [f"sequence_task.data_path={data}", f"sequence_task.encoder.kind={encoder}",
+                    f"sequence_task.seed={seed}", *extra]
             config = spec["sequence"]
         else:
             sets = [f"data.path={data}", f"model.kind={kind}"]

@@ -188,6 +188,34 @@ def test_encoder_without_item_ids_ignores_them(data):
     assert not np.allclose(np.asarray(encoder(other_hours).user), user)
 
 
+def test_aggregates_use_training_statistics_and_reach_the_head(data, tmp_path):
+    from seqjax.train.binary_loop import build_model
+    from seqjax.train.task_data import aggregate_inputs
+
+    task = data["purchase"] / "task"
+    train = pq.read_table(task / "train.parquet")
+    valid = pq.read_table(task / "valid.parquet")
+    cols = [c for c in train.column_names if c not in ("user", "item", "cutoff", "label")]
+    # n_events has no nulls: signed log1p, then the training split's mean and standard deviation.
+    j = cols.index("n_events")
+    ref = np.log1p(train.column("n_events").to_numpy().astype(np.float64))
+    want = (np.log1p(valid.column("n_events").to_numpy().astype(np.float64)) - ref.mean()) / ref.std()
+    np.testing.assert_allclose(aggregate_inputs(str(data["purchase"]), "valid")[:, j], want, rtol=1e-5, atol=1e-6)
+
+    cfg = tiny(data["purchase"], aggregates=True, epochs=3)
+    summary = train_sequence_task(cfg, tmp_path)
+    assert summary["best_valid"]["purchase/ROC-AUC"] > MIN_AUC
+    resolved = resolve_data(cfg)
+    assert resolved.num_aggregates >= len(cols)  # plus a missingness indicator per column with nulls
+    model = build_model(cfg, resolved)
+    table = side_table(resolved, "valid", cfg.data_path)
+    batch = attach(next(task_eval_batches(cfg.data_path, "valid", TaskBatchSpec(64, cfg.max_len))), table)
+    assert batch["aggregates"].shape == (64, resolved.num_aggregates)
+    logits, _ = model(batch)
+    shifted, _ = model({**batch, "aggregates": batch["aggregates"] + 1.0})
+    assert not np.allclose(np.asarray(logits["purchase"]), np.asarray(shifted["purchase"]))
+
+
 def test_multitask_heads_all_train_and_predict_every_example(data, tmp_path):
     # The next_item head trains with sampled negatives (the large-catalogue setting); full softmax is the
     # same dispatcher SASRec's tests cover.

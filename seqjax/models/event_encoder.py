@@ -22,7 +22,8 @@ changes a valid state or the user representation. With a causal encoder the stat
 embedding, an attention pooling of the history states with the candidate as query, and the candidate's
 history statistics (`candidate_stats`: how often it occurs, whether at all, how many events ago last).
 `MultiTaskModel`: one encoder and any subset of the heads `next_item` (scores against the item embedding
-table), `purchase` and `churn`.
+table), `purchase` and `churn`; with `num_aggregates` the binary heads also read the example's prepared RFM
+aggregates (`batch["aggregates"]`, seqjax.train.task_data.aggregate_inputs).
 Shapes: B batch, T time, D width, V items (+1 for padding id 0).
 """
 
@@ -189,7 +190,8 @@ def candidate_stats(items: jax.Array, lengths: jax.Array, candidate: jax.Array) 
 class BinaryHead(nnx.Module):
     """Encoded history (and at user_item level the candidate) -> one logit per row."""
 
-    def __init__(self, dim: int, hidden: int, dropout: float, *, candidate: bool, rngs: nnx.Rngs):
+    def __init__(self, dim: int, hidden: int, dropout: float, *, candidate: bool, aggregates: int = 0,
+                 rngs: nnx.Rngs):
         self.candidate = candidate
         if candidate:
             self.query = nnx.Linear(dim, dim, use_bias=False, rngs=rngs)
@@ -197,14 +199,16 @@ class BinaryHead(nnx.Module):
             d_in = 4 * dim + NUM_CANDIDATE_STATS
         else:
             d_in = dim
+        d_in += aggregates  # the example's prepared RFM aggregates, appended as they are
         self.hidden = nnx.Linear(d_in, hidden, rngs=rngs)
         self.out = nnx.Linear(hidden, 1, rngs=rngs)
         self.drop = nnx.Dropout(dropout)
 
     def __call__(self, enc: Encoded, cand: jax.Array | None = None, stats: jax.Array | None = None,
-                 key: jax.Array | None = None) -> jax.Array:
+                 key: jax.Array | None = None, aggregates: jax.Array | None = None) -> jax.Array:
         """enc; cand [B, D] the candidate's embedding and stats [B, NUM_CANDIDATE_STATS] its
-        `candidate_stats` (user_item level only); `key` enables dropout -> logits [B]."""
+        `candidate_stats` (user_item level only); aggregates [B, A] when the head takes them; `key` enables
+        dropout -> logits [B]."""
         x = enc.user
         if self.candidate:
             d = cand.shape[-1]
@@ -212,6 +216,8 @@ class BinaryHead(nnx.Module):
             scores = jnp.where(enc.mask, scores, jnp.finfo(scores.dtype).min)
             pooled = jnp.einsum("bt,btd->bd", jax.nn.softmax(scores, axis=-1), enc.states)
             x = jnp.concatenate([x, pooled, cand, x * cand, stats.astype(x.dtype)], axis=-1)
+        if aggregates is not None:
+            x = jnp.concatenate([x, aggregates.astype(x.dtype)], axis=-1)
         h = self.drop(jax.nn.gelu(self.hidden(x)), deterministic=key is None, rngs=key)
         return self.out(h)[:, 0]
 
@@ -228,7 +234,7 @@ class MultiTaskModel(nnx.Module):
 
     def __init__(self, num_items: int, num_categories: int, max_len: int, cfg: EventEncoderConfig,
                  heads: tuple[str, ...], candidate_heads: tuple[str, ...] = (), *, repeat: bool = False,
-                 rngs: nnx.Rngs):
+                 num_aggregates: int = 0, rngs: nnx.Rngs):
         unknown = [h for h in (*heads, *candidate_heads) if h not in HEADS]
         if unknown or not heads:
             raise ValueError(f"heads must be a non-empty subset of {list(HEADS)}, got {list(heads)}")
@@ -242,8 +248,8 @@ class MultiTaskModel(nnx.Module):
         self.binary_heads = tuple(h for h in BINARY_HEADS if h in heads)
         self.encoder = EventEncoder(num_items, num_categories, max_len, cfg, rngs=rngs)
         hidden = cfg.head_hidden or cfg.dim
-        self.binary = nnx.Dict({h: BinaryHead(cfg.dim, hidden, cfg.dropout, candidate=h in candidate_heads, rngs=rngs)
-                                for h in self.binary_heads})
+        self.binary = nnx.Dict({h: BinaryHead(cfg.dim, hidden, cfg.dropout, candidate=h in candidate_heads,
+                                              aggregates=num_aggregates, rngs=rngs) for h in self.binary_heads})
         if repeat and "next_item" not in heads:
             raise ValueError("repeat=True is a form of the next_item head, which is not among the heads")
         self.repeat = RepeatHead(cfg.dim, rngs=rngs) if repeat else None
@@ -262,7 +268,7 @@ class MultiTaskModel(nnx.Module):
             if head.candidate:
                 cand = jnp.take(self.item_table(), batch["candidate"], axis=0)
                 stats = candidate_stats(batch["items"], batch["lengths"], batch["candidate"])
-            logits[name] = head(enc, cand, stats, keys[1 + k])
+            logits[name] = head(enc, cand, stats, keys[1 + k], batch.get("aggregates"))
         return logits, enc
 
     def repeat_parts(self, batch: Mapping[str, jax.Array], enc: Encoded) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -48,6 +48,8 @@ class SequenceTaskConfig:
     reader_threads: int = 2  # Grain reader threads
     encoder: EventEncoderConfig = EventEncoderConfig()
     heads: tuple[Literal["purchase", "churn", "next_item"], ...] = ()  # heads to train; () = data_path's task
+    aggregates: bool = False  # also feed each example's RFM aggregates (the classical models' table, prepared
+    # as for logreg with training-split statistics) to the binary heads, beside the sequence (wide & deep)
     purchase: BinaryHeadConfig = BinaryHeadConfig()
     churn: BinaryHeadConfig = BinaryHeadConfig()
     next_item: NextItemHeadConfig = NextItemHeadConfig()

@@ -36,6 +36,7 @@ class TaskData:
     heads: tuple[str, ...]  # resolved heads, in HEADS order
     sources: dict[str, str]  # binary head -> prepared directory of its labels
     checksums: dict[str, str]  # prepared directory -> metadata checksum
+    num_aggregates: int = 0  # width of `aggregate_inputs` when the run feeds them to the binary heads, else 0
 
 
 def _task_section(path: str, metadata: dict) -> dict:
@@ -74,8 +75,24 @@ def resolve_data(cfg: SequenceTaskConfig) -> TaskData:
             checksums[source] = other["checksum"]
         sources[head] = source
     order = ("next_item", *BINARY_HEADS)
+    width = aggregate_inputs(cfg.data_path, "train").shape[1] if cfg.aggregates else 0
     return TaskData(task["task"], task["level"], meta["num_items"], meta["num_categories"],
-                    meta["task"]["counts"]["train"]["examples"], tuple(h for h in order if h in heads), sources, checksums)
+                    meta["task"]["counts"]["train"]["examples"], tuple(h for h in order if h in heads), sources, checksums,
+                    width)
+
+
+def aggregate_inputs(data_path: str, split: str) -> np.ndarray:
+    """float32 [E, D]: the RFM aggregates of `split`'s examples (task/<split>.parquet, the classical models'
+    table), prepared as for logreg: signed log1p of the heavy-tailed columns, median fill and missingness
+    indicators, standardised; every statistic from the training split, so nothing of valid or test leaks."""
+    from seqjax.models.classical import RECIPES, Preprocessor, feature_columns, feature_matrix
+
+    task_dir = Path(data_path) / TASK_DIR
+    train = pq.read_table(task_dir / "train.parquet")
+    columns, _ = feature_columns(train.schema)
+    prep = Preprocessor.fit(feature_matrix(train, columns), columns, *RECIPES["logreg"])
+    table = train if split == "train" else pq.read_table(task_dir / f"{split}.parquet", columns=columns)
+    return prep.transform(feature_matrix(table, columns)).astype(np.float32)
 
 
 @dataclasses.dataclass
@@ -85,6 +102,7 @@ class SideTable:
     cutoff_gap: np.ndarray  # int32 [E], log2 bucket of the seconds from the last history event to the cutoff
     labels: dict[str, np.ndarray]  # binary head -> int32 [E]
     labelled: dict[str, np.ndarray]  # binary head -> float32 [E], 1 where the head has a label
+    aggregates: np.ndarray | None = None  # float32 [E, D] `aggregate_inputs`, when the run uses them
 
 
 def side_table(data: TaskData, split: str, data_path: str) -> SideTable:
@@ -114,7 +132,8 @@ def side_table(data: TaskData, split: str, data_path: str) -> SideTable:
             print(f"warning: {head} labels from {source} cover {labelled[head].mean():.1%} of the {split} examples "
                   f"of {data_path} (joined on user and cutoff); the rest are left out of the {head} head",
                   file=sys.stderr, flush=True)
-    return SideTable(gap, labels, labelled)
+    aggregates = aggregate_inputs(data_path, split) if data.num_aggregates else None
+    return SideTable(gap, labels, labelled, aggregates)
 
 
 def attach(batch: dict[str, np.ndarray], table: SideTable) -> dict[str, np.ndarray]:
@@ -127,6 +146,8 @@ def attach(batch: dict[str, np.ndarray], table: SideTable) -> dict[str, np.ndarr
     for head in table.labels:
         out[f"{head}_label"] = table.labels[head][rows]
         out[f"{head}_weight"] = table.labelled[head][rows] * real
+    if table.aggregates is not None:
+        out["aggregates"] = np.where(real[:, None] > 0, table.aggregates[rows], 0.0).astype(np.float32)
     return out
 
 
