@@ -78,7 +78,8 @@ from seqjax.train.tensorboard import ScalarWriter
 def build_model(cfg: SequenceTaskConfig, data: TaskData) -> MultiTaskModel:
     candidate = ("purchase",) if data.level == "user_item" and data.primary == "purchase" else ()
     return MultiTaskModel(data.num_items, data.num_categories, cfg.max_len, cfg.encoder, data.heads, candidate,
-                          repeat=cfg.next_item.repeat, num_aggregates=data.num_aggregates, rngs=nnx.Rngs(jax.random.key(cfg.seed, impl=cfg.rng_impl)))
+                          repeat=cfg.next_item.repeat, num_aggregates=data.num_aggregates,
+                          rngs=nnx.Rngs(jax.random.key(cfg.seed, impl=cfg.rng_impl)))
 
 
 def bce(logits: jax.Array, labels: jax.Array, weights: jax.Array, pos_weight: float) -> jax.Array:
