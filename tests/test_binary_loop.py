@@ -167,8 +167,8 @@ def test_padded_positions_change_nothing(kind, causal, data):
     for name, high in (("items", 151), ("events", 6), ("categories", 7), ("hour", 24), ("weekday", 7),
                        ("gap_bucket", 32), ("session_position", 200)):
         noisy[name] = np.where(pad, rng.integers(0, high, pad.shape), batch[name]).astype(np.int32)
-    states, user, mask = forward(params, batch)
-    states2, user2, _ = forward(params, noisy)
+    states, user, mask, _ = forward(params, batch)
+    states2, user2, _, _ = forward(params, noisy)
     np.testing.assert_array_equal(np.asarray(user), np.asarray(user2))
     np.testing.assert_array_equal(np.where(mask[..., None], states, 0), np.where(mask[..., None], states2, 0))
     assert not np.array_equal(noisy["items"], batch["items"])

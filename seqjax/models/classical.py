@@ -218,6 +218,11 @@ class Preprocessor:
             prep.scale = np.where(std > 0, std, 1.0)
         return prep
 
+    @property
+    def width(self) -> int:
+        """D, the columns `transform` returns: the features and one indicator per column with missing values."""
+        return len(self.columns) + len(self.indicators)
+
     def _log1p(self, x: np.ndarray) -> np.ndarray:
         out = x.copy()
         out[:, self.log1p] = np.sign(x[:, self.log1p]) * np.log1p(np.abs(x[:, self.log1p]))

@@ -91,6 +91,7 @@ class Encoded(NamedTuple):
     states: jax.Array  # [B, T, D] per-position states (padded positions repeat or hold garbage: use mask)
     user: jax.Array  # [B, D] the user representation at the cutoff
     mask: jax.Array  # bool [B, T], True at valid positions
+    inputs: jax.Array  # [B, T, D] the summed feature embeddings (`embed`), zero at padding: the repeat head's keys
 
 
 def vocab_sizes(num_items: int, num_categories: int, max_session_position: int) -> dict[str, int]:
@@ -137,9 +138,10 @@ class EventEncoder(nnx.Module):
     def embed(self, batch: Mapping[str, jax.Array]) -> jax.Array:
         """Sum of the enabled feature embeddings [B, T, D], zero at padded positions."""
         items = batch["items"]
-        x = jnp.zeros(items.shape + (self.input_norm.num_features,), self.input_norm.scale.dtype)
         if self.item_embed is not None:
             x = jnp.take(self.item_table(), items, axis=0)
+        else:
+            x = jnp.zeros(items.shape + (self.input_norm.num_features,), self.input_norm.scale.dtype)
         if self.features:
             ids = [jnp.minimum(batch[f], self.max_session_position) if f == "session_position" else batch[f]
                    for f in self.features]
@@ -156,7 +158,8 @@ class EventEncoder(nnx.Module):
         lengths = batch["lengths"]
         n = len(self.layers)
         keys = None if key is None else jax.random.split(key, 1 + 2 * n)
-        x = self.input_norm(self.embed(batch))
+        inputs = self.embed(batch)
+        x = self.input_norm(inputs)
         x = self.drop(x, deterministic=keys is None, rngs=None if keys is None else keys[0])
         for i, layer in enumerate(self.layers):
             if self.kind == "transformer":
@@ -170,7 +173,7 @@ class EventEncoder(nnx.Module):
         user = jnp.take_along_axis(states, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
         if self.cutoff_embed is not None:
             user = user + jnp.take(self.cutoff_embed.embedding[...], batch["cutoff_gap"], axis=0)
-        return Encoded(states, user, mask)
+        return Encoded(states, user, mask, inputs)
 
 
 NUM_CANDIDATE_STATS = 3
@@ -273,7 +276,7 @@ class MultiTaskModel(nnx.Module):
 
     def repeat_parts(self, batch: Mapping[str, jax.Array], enc: Encoded) -> tuple[jax.Array, jax.Array, jax.Array]:
         """RepeatHead's (gate logits [B, T], log a [B, T, T], visible [B, T, T]); keys from the event inputs."""
-        return self.repeat(enc.states, self.encoder.embed(batch), batch["lengths"])
+        return self.repeat(enc.states, enc.inputs, batch["lengths"])
 
     def next_item_scores(self, enc: Encoded) -> jax.Array:
         """Scores of every item after each position [B, T, V+1] (column 0, padding, is -inf)."""

@@ -75,24 +75,31 @@ def resolve_data(cfg: SequenceTaskConfig) -> TaskData:
             checksums[source] = other["checksum"]
         sources[head] = source
     order = ("next_item", *BINARY_HEADS)
-    width = aggregate_inputs(cfg.data_path, "train").shape[1] if cfg.aggregates else 0
+    width = aggregate_preprocessor(cfg.data_path).width if cfg.aggregates else 0
     return TaskData(task["task"], task["level"], meta["num_items"], meta["num_categories"],
                     meta["task"]["counts"]["train"]["examples"], tuple(h for h in order if h in heads), sources, checksums,
                     width)
 
 
-def aggregate_inputs(data_path: str, split: str) -> np.ndarray:
-    """float32 [E, D]: the RFM aggregates of `split`'s examples (task/<split>.parquet, the classical models'
-    table), prepared as for logreg: signed log1p of the heavy-tailed columns, median fill and missingness
-    indicators, standardised; every statistic from the training split, so nothing of valid or test leaks."""
+def aggregate_preprocessor(data_path: str):
+    """The logreg preparation of the RFM aggregates (task/train.parquet, the classical models' table) fitted
+    on the training split: signed log1p of the heavy-tailed columns, median fill and missingness
+    indicators, standardised."""
     from seqjax.models.classical import RECIPES, Preprocessor, feature_columns, feature_matrix
 
-    task_dir = Path(data_path) / TASK_DIR
-    train = pq.read_table(task_dir / "train.parquet")
+    train = pq.read_table(Path(data_path) / TASK_DIR / "train.parquet")
     columns, _ = feature_columns(train.schema)
-    prep = Preprocessor.fit(feature_matrix(train, columns), columns, *RECIPES["logreg"])
-    table = train if split == "train" else pq.read_table(task_dir / f"{split}.parquet", columns=columns)
-    return prep.transform(feature_matrix(table, columns)).astype(np.float32)
+    return Preprocessor.fit(feature_matrix(train, columns), columns, *RECIPES["logreg"])
+
+
+def aggregate_inputs(data_path: str, split: str) -> np.ndarray:
+    """float32 [E, D]: `split`'s aggregates through `aggregate_preprocessor`: every statistic comes from the
+    training split, so nothing of valid or test leaks."""
+    from seqjax.models.classical import feature_matrix
+
+    prep = aggregate_preprocessor(data_path)
+    table = pq.read_table(Path(data_path) / TASK_DIR / f"{split}.parquet", columns=list(prep.columns))
+    return prep.transform(feature_matrix(table, prep.columns)).astype(np.float32)
 
 
 @dataclasses.dataclass
