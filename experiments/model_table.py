@@ -4,6 +4,7 @@ prints one table of means and standard errors over seeds with time and throughpu
 
     python experiments/model_table.py [--kinds sasrec gru4rec pop] [--seeds 0 1 2]
         [--data-file ../shared/data/ml1m/ml-1m_sasrec_format.txt] [--set train.epochs=50 ...] [--parallel 3]
+        [--out runs/table_wide --data runs/table_kv/data]  (a variant table on data already prepared)
 
 --parallel N trains N (kind, seed) runs at once, each logging to RUN_DIR.log: on this 2-core machine three
 seeds side by side finish at about the same time and use the cores a little better than one after another
@@ -93,11 +94,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--data-file", default=str(DEFAULT_DATA))
     ap.add_argument("--out", default=None, help="default: runs/table_<data file stem>")
+    ap.add_argument("--data", default=None, help="an already prepared --data-file (default: OUT/data)")
     ap.add_argument("--set", action="append", default=[], help="config override for every neural run")
     ap.add_argument("--parallel", type=int, default=1, help="(kind, seed) runs trained at once")
     args = ap.parse_args()
     out = Path(args.out or ROOT / "runs" / f"table_{Path(args.data_file).stem}")
-    data = out / "data"
+    data = Path(args.data) if args.data else out / "data"
     if not (data / "metadata.json").exists():
         run([sys.executable, "-m", "seqjax.cli", "prepare", "--format", "sasrec", "--input", args.data_file,
              "--out", str(data)])
