@@ -7,6 +7,10 @@ and the paired answer: does the best sequence model beat the best classical one,
 `generated_purchase` first writes a larger Taobao-like log with seqjax.data.synthetic (10,000 users, 30 days,
 typed funnel events) and places its cutoffs mid-log, where the simulated users are active (the simulation
 lets users drift away towards the end of its window, which would make the last days unrepresentative).
+In that log tomorrow's purchase depends on the user's activity rate and the funnel's coin flips, which counts
+and recencies summarise: a tie is the best a sequence model can do there. `generated_purchase_cart_return` is
+the same log where open carts are bought at the next session: a positive control, a signal in the order of
+events that the aggregates do not hold.
 
 One process per (model, seed) through `seqjax train` / `seqjax evaluate`; a run whose test JSON exists is
 not run again, so an interrupted table resumes. "Best" is chosen on validation PR-AUC (the mean over seeds
@@ -48,6 +52,10 @@ def dataset(prepare: list[str], task: str, classical: str, sequence: str, **more
     return {"prepare": prepare, "task": task, "classical": classical, "sequence": sequence, **more}
 
 
+GENERATED_PREPARE = ["--format", "generic", "--task", "purchase", "--set",
+                     "task.cutoffs=[2024-01-12,2024-01-13,2024-01-14,2024-01-15]"]
+GENERATED_LOG = ["--users", "10000", "--items", "20000", "--categories", "200", "--days", "30", "--mean-events", "60",
+                 "--seed", "0"]
 DATASETS = {
     "taobao_purchase": dataset(["--format", "taobao", "--input", TAOBAO, "--task", "purchase"], *PURCHASE),
     # Candidates (and features) from the day before each cutoff: with all history, the head file gives 123,102
@@ -57,10 +65,11 @@ DATASETS = {
     # Horizon 1 day: every one of the head file's 815 users is active on 2017-12-02/03 (a weekend spike), so
     # any longer horizon leaves the test cutoff with no churner at all (checked: 2d and 3d give 0 of 815).
     "taobao_churn": dataset(["--format", "taobao", "--input", TAOBAO, "--task", "churn"], *CHURN),
-    "generated_purchase": dataset(["--format", "generic", "--task", "purchase", "--set",
-                                   "task.cutoffs=[2024-01-12,2024-01-13,2024-01-14,2024-01-15]"], *PURCHASE,
-                                  generate=["--users", "10000", "--items", "20000", "--categories", "200",
-                                            "--days", "30", "--mean-events", "60", "--seed", "0"]),
+    "generated_purchase": dataset(GENERATED_PREPARE, *PURCHASE, generate=GENERATED_LOG),
+    # A positive control: half of the carts a session leaves open are bought when the user's next session opens,
+    # a signal only the order of events shows (the aggregates count carts and purchases, not which came last).
+    "generated_purchase_cart_return": dataset(GENERATED_PREPARE, *PURCHASE,
+                                              generate=[*GENERATED_LOG, "--cart-return", "0.5"]),
     "cdnow_churn": dataset(["--format", "cdnow", "--input", str(DATA / "cdnow" / "CDNOW_master.txt"), "--task",
                             "churn"], *CHURN, extra=("bgnbd",)),
 }

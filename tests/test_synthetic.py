@@ -10,7 +10,7 @@ import pytest
 
 from seqjax.data.synthetic import CSV_HEADER, Behaviour, generate_log, log_stats, main
 
-SMALL = dict(num_users=600, num_items=800, num_categories=20, days=60.0)
+SMALL = {"num_users": 600, "num_items": 800, "num_categories": 20, "days": 60.0}
 START = "2024-01-01"
 EPOCH = int(datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC).timestamp())
 
@@ -169,3 +169,53 @@ def test_cli_prints_stats(tmp_path, capsys):
 def test_rejects_more_categories_than_items(tmp_path):
     with pytest.raises(ValueError, match="at least one item per category"):
         generate_log(tmp_path / "x.csv", num_users=5, num_items=3, num_categories=4)
+
+
+def test_open_cart_returns_by_hand():
+    from seqjax.data.synthetic import REPEAT, return_to_open_carts
+
+    # Visits of user 0: sessions [0, 1], [2, 3], [4]; user 1: [5, 6]. Slots: search view favourite cart purchase.
+    cart_only, cart_bought, view = [0, 1, 0, 1, 0], [0, 1, 0, 1, 1], [0, 1, 0, 0, 0]
+    rows = np.array([cart_bought, cart_only, cart_only, view, cart_only, view, cart_only], bool)
+    items = np.arange(10, 17)
+    kinds = np.full(7, 1, np.int8)
+    session_start = np.array([1, 0, 1, 0, 1, 1, 0], bool)
+    visit_user = np.array([0, 0, 0, 0, 0, 1, 1])
+    before = rows.copy()
+    return_to_open_carts(np.random.default_rng(0), rows, items, kinds, session_start, visit_user, 1.0)
+    # Visit 1 left a cart open: the next session opens by buying its item. Visit 2 became that checkout, so it
+    # leaves no cart open; visit 4's open cart has no next session of user 0; visit 6 is user 1's last session.
+    assert rows[2].tolist() == [False, False, False, False, True] and items[2] == 11 and kinds[2] == REPEAT
+    changed = np.flatnonzero((rows != before).any(1))
+    assert changed.tolist() == [2]
+    assert items.tolist() == [10, 11, 11, 13, 14, 15, 16]
+
+
+def test_open_cart_returns_raise_next_session_purchases(tmp_path):
+    logs = {}
+    for p in (0.0, 0.6):
+        path = tmp_path / f"log{p}.csv"
+        generate_log(path, seed=3, start=START, behaviour=Behaviour(cart_return=p), **SMALL)
+        logs[p] = read_log(path)
+
+    def after_open_cart(log):
+        """Share of sessions (gap > 30 min) opening with a purchase of the item the previous session left
+        in the cart without buying it, among sessions that follow such an open cart."""
+        u, item, ev, ts = log["user"], log["item"], log["event"], log["timestamp"]
+        new = np.r_[True, (u[1:] != u[:-1]) | (np.diff(ts) > 1800)]
+        hits = opens = 0
+        open_item = None
+        for i in range(len(u)):
+            if new[i]:
+                if open_item is not None and i > 0 and u[i] == u[i - 1]:
+                    opens += 1
+                    hits += ev[i] == "purchase" and item[i] == open_item
+                open_item = None
+            if ev[i] == "cart":
+                open_item = item[i]
+            elif ev[i] == "purchase" and item[i] == open_item:
+                open_item = None
+        return hits / opens
+
+    assert after_open_cart(logs[0.0]) < 0.02
+    assert 0.5 < after_open_cart(logs[0.6]) < 0.7  # measured 0.607 over about 800 such sessions

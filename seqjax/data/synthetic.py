@@ -66,6 +66,9 @@ class Behaviour:
     buy_after_cart: float = 0.3  # a carted item is bought in the same visit
     buy_direct: float = 0.005  # an item is bought straight after a view
     checkout: float = 0.03  # a repeat visit is only a purchase (buying what was seen before)
+    # A session whose last cart was not bought leaves an open cart; the user's next session opens by buying
+    # it with this probability. Only the order of events shows an open cart (0: no such returns).
+    cart_return: float = 0.0
     length_sigma: float = 0.9  # sigma of the lognormal number of events per user
     min_events: int = 5  # no user has fewer events
 
@@ -176,6 +179,26 @@ def funnel(rng: np.random.Generator, kinds: np.ndarray, b: Behaviour) -> np.ndar
     return np.stack([search, ~checkout, favourite, cart, buy], axis=1)
 
 
+def return_to_open_carts(rng: np.random.Generator, rows: np.ndarray, items: np.ndarray, kinds: np.ndarray,
+                         session_start: np.ndarray, visit_user: np.ndarray, p: float) -> None:
+    """Makes the first visit of a session, with probability p, a checkout of the previous session's open cart
+    (its last cart, not bought). Updates funnel rows [visits, 5], items and kinds [visits] in place."""
+    session = np.cumsum(session_start) - 1
+    first = np.flatnonzero(session_start)
+    last_cart = np.full(len(first), -1)
+    carts = np.flatnonzero(rows[:, 3])
+    np.maximum.at(last_cart, session[carts], carts)
+    same_user_next = np.append(visit_user[first[1:]] == visit_user[first[:-1]], False)
+    s = np.flatnonzero((last_cart >= 0) & same_user_next)
+    s = s[~rows[last_cart[s], 4]]
+    s = s[rng.random(len(s)) < p]
+    source, target = last_cart[s], first[s + 1]
+    keep = ~np.isin(source, target)  # a visit that becomes a checkout no longer leaves a cart open
+    source, target = source[keep], target[keep]
+    items[target], kinds[target] = items[source], REPEAT
+    rows[target] = np.array([False, False, False, False, True])
+
+
 def timestamps(rng: np.random.Generator, user: np.ndarray, new_visit: np.ndarray,
                new_session: np.ndarray, num_users: int, days: float) -> np.ndarray:
     """Seconds since the log start of each event, strictly increasing inside a user.
@@ -247,10 +270,12 @@ def simulate(num_users: int = 2000, num_items: int = 5000, num_categories: int =
     session_start[np.concatenate([[0], np.cumsum(lengths)[:-1]])] = True
     visit_item, visit_kind = walk(rng, cat, lengths, session_start, b)
 
-    emitted = funnel(rng, visit_kind, b).ravel()
-    flat = np.flatnonzero(emitted)
-    visit, slot = flat // len(VISIT_SLOTS), flat % len(VISIT_SLOTS)
+    rows = funnel(rng, visit_kind, b)
     visit_user = np.repeat(np.arange(num_users), lengths)
+    if b.cart_return > 0:  # no draw otherwise, so logs without returns stay as they were
+        return_to_open_carts(rng, rows, visit_item, visit_kind, session_start, visit_user, b.cart_return)
+    flat = np.flatnonzero(rows.ravel())
+    visit, slot = flat // len(VISIT_SLOTS), flat % len(VISIT_SLOTS)
     user = visit_user[visit]
     first_of_user = np.searchsorted(user, np.arange(num_users))
     keep = np.arange(len(user)) - first_of_user[user] < lengths[user]
@@ -286,9 +311,9 @@ def log_stats(log: dict[str, np.ndarray]) -> dict:
     cat_share = np.bincount(category) / max(n, 1)
     return {
         "events": int(n),
-        "users": int(len(lengths)),
-        "items": int(len(np.unique(item))),
-        "categories": int(len(np.unique(category))),
+        "users": len(lengths),
+        "items": len(np.unique(item)),
+        "categories": len(np.unique(category)),
         "event_counts": {name: int((log["event"] == i).sum())
                          for i, name in enumerate(EVENT_TYPES)},
         "events_per_user": {"min": int(lengths.min(initial=n)), "median": float(np.median(lengths)),
@@ -344,9 +369,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--days", type=float, default=90.0)
     parser.add_argument("--start", default="2024-01-01")
     parser.add_argument("--mean-events", type=float, default=50.0)
+    parser.add_argument("--cart-return", type=float, default=0.0, help="Behaviour.cart_return")
     args = parser.parse_args(argv)
     stats = generate_log(args.out, args.users, args.items, args.categories, args.seed, args.days,
-                         args.start, args.mean_events)
+                         args.start, args.mean_events, Behaviour(cart_return=args.cart_return))
     print(json.dumps(stats, indent=2))
 
 
