@@ -70,6 +70,10 @@ DATASETS = {
     # a signal only the order of events shows (the aggregates count carts and purchases, not which came last).
     "generated_purchase_cart_return": dataset(GENERATED_PREPARE, *PURCHASE,
                                               generate=[*GENERATED_LOG, "--cart-return", "0.5"]),
+    # The same with the return within 12 hours, so an open cart also says the user comes back tomorrow: without
+    # it, an open cart barely changes tomorrow's purchase (a next-day label is mostly "is the user active").
+    "generated_purchase_cart_return_12h": dataset(GENERATED_PREPARE, *PURCHASE, generate=[
+        *GENERATED_LOG, "--cart-return", "0.5", "--cart-return-hours", "12"]),
     "cdnow_churn": dataset(["--format", "cdnow", "--input", str(DATA / "cdnow" / "CDNOW_master.txt"), "--task",
                             "churn"], *CHURN, extra=("bgnbd",)),
 }

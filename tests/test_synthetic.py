@@ -191,31 +191,37 @@ def test_open_cart_returns_by_hand():
     assert items.tolist() == [10, 11, 11, 13, 14, 15, 16]
 
 
+def open_cart_returns(log):
+    """For each session (gap > 30 min) that follows one left with an open cart (its last cart not bought in it):
+    whether it opens by buying that item, and the seconds since the previous event."""
+    u, item, ev, ts = log["user"], log["item"], log["event"], log["timestamp"]
+    new = np.r_[True, (u[1:] != u[:-1]) | (np.diff(ts) > 1800)]
+    hits, gaps = [], []
+    open_item = None
+    for i in range(len(u)):
+        if new[i]:
+            if open_item is not None and i > 0 and u[i] == u[i - 1]:
+                hits.append(ev[i] == "purchase" and item[i] == open_item)
+                gaps.append(ts[i] - ts[i - 1])
+            open_item = None
+        if ev[i] == "cart":
+            open_item = item[i]
+        elif ev[i] == "purchase" and item[i] == open_item:
+            open_item = None
+    return np.array(hits), np.array(gaps)
+
+
 def test_open_cart_returns_raise_next_session_purchases(tmp_path):
     logs = {}
-    for p in (0.0, 0.6):
-        path = tmp_path / f"log{p}.csv"
-        generate_log(path, seed=3, start=START, behaviour=Behaviour(cart_return=p), **SMALL)
-        logs[p] = read_log(path)
-
-    def after_open_cart(log):
-        """Share of sessions (gap > 30 min) opening with a purchase of the item the previous session left
-        in the cart without buying it, among sessions that follow such an open cart."""
-        u, item, ev, ts = log["user"], log["item"], log["event"], log["timestamp"]
-        new = np.r_[True, (u[1:] != u[:-1]) | (np.diff(ts) > 1800)]
-        hits = opens = 0
-        open_item = None
-        for i in range(len(u)):
-            if new[i]:
-                if open_item is not None and i > 0 and u[i] == u[i - 1]:
-                    opens += 1
-                    hits += ev[i] == "purchase" and item[i] == open_item
-                open_item = None
-            if ev[i] == "cart":
-                open_item = item[i]
-            elif ev[i] == "purchase" and item[i] == open_item:
-                open_item = None
-        return hits / opens
-
-    assert after_open_cart(logs[0.0]) < 0.02
-    assert 0.5 < after_open_cart(logs[0.6]) < 0.7  # measured 0.607 over about 800 such sessions
+    for p, hours in ((0.0, 0.0), (0.6, 0.0), (0.6, 12.0)):
+        path = tmp_path / f"log{p}_{hours}.csv"
+        generate_log(path, seed=3, start=START, behaviour=Behaviour(cart_return=p, cart_return_hours=hours), **SMALL)
+        logs[p, hours] = open_cart_returns(read_log(path))
+    assert logs[0.0, 0.0][0].mean() < 0.02
+    hits, gaps = logs[0.6, 0.0]
+    assert 0.5 < hits.mean() < 0.7  # measured 0.607 over about 800 such sessions
+    # With cart_return_hours the returning session comes within 12 h (plus the previous session's length).
+    soon_hits, soon_gaps = logs[0.6, 12.0]
+    assert 0.5 < soon_hits.mean() < 0.7
+    assert np.mean(soon_gaps[soon_hits] < 13 * 3600) > 0.99  # measured 0.998
+    assert np.mean(gaps[hits] < 13 * 3600) < 0.6

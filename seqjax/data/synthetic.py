@@ -69,6 +69,9 @@ class Behaviour:
     # A session whose last cart was not bought leaves an open cart; the user's next session opens by buying
     # it with this probability. Only the order of events shows an open cart (0: no such returns).
     cart_return: float = 0.0
+    # > 0: such a returning session starts at most this many hours (uniform from 1) after the previous session's
+    # planned start instead of at its own time, so an open cart also says the user is coming back soon.
+    cart_return_hours: float = 0.0
     length_sigma: float = 0.9  # sigma of the lognormal number of events per user
     min_events: int = 5  # no user has fewer events
 
@@ -180,9 +183,10 @@ def funnel(rng: np.random.Generator, kinds: np.ndarray, b: Behaviour) -> np.ndar
 
 
 def return_to_open_carts(rng: np.random.Generator, rows: np.ndarray, items: np.ndarray, kinds: np.ndarray,
-                         session_start: np.ndarray, visit_user: np.ndarray, p: float) -> None:
+                         session_start: np.ndarray, visit_user: np.ndarray, p: float) -> np.ndarray:
     """Makes the first visit of a session, with probability p, a checkout of the previous session's open cart
-    (its last cart, not bought). Updates funnel rows [visits, 5], items and kinds [visits] in place."""
+    (its last cart, not bought). Updates funnel rows [visits, 5], items and kinds [visits] in place; returns
+    the visits that became checkouts."""
     session = np.cumsum(session_start) - 1
     first = np.flatnonzero(session_start)
     last_cart = np.full(len(first), -1)
@@ -197,10 +201,12 @@ def return_to_open_carts(rng: np.random.Generator, rows: np.ndarray, items: np.n
     source, target = source[keep], target[keep]
     items[target], kinds[target] = items[source], REPEAT
     rows[target] = np.array([False, False, False, False, True])
+    return target
 
 
 def timestamps(rng: np.random.Generator, user: np.ndarray, new_visit: np.ndarray,
-               new_session: np.ndarray, num_users: int, days: float) -> np.ndarray:
+               new_session: np.ndarray, num_users: int, days: float, soon: np.ndarray | None = None,
+               soon_hours: float = 0.0) -> np.ndarray:
     """Seconds since the log start of each event, strictly increasing inside a user.
 
     user: int [N] internal user of each event (grouped); new_visit / new_session: bool [N].
@@ -230,6 +236,14 @@ def timestamps(rng: np.random.Generator, user: np.ndarray, new_visit: np.ndarray
     g_total = np.add.reduceat(g, user_first) + trailing
     activity = origin[s_user] + span[s_user] * g_within / g_total[s_user]
     wanted = activity_to_seconds(activity)
+    if soon is not None:  # sessions that start soon after the user's previous one (never a user's first)
+        pulled = np.flatnonzero(soon[first])
+        delay = np.rint(rng.uniform(1.0, soon_hours, len(pulled)) * 3600).astype(np.int64)
+        while True:  # repeated until a fixed point, so a return that follows a return follows its new start
+            earlier = np.minimum(wanted[pulled], wanted[pulled - 1] + delay)
+            if (earlier == wanted[pulled]).all():
+                break
+            wanted[pulled] = earlier
 
     # Push a session later if it would start before the previous one ends (+10 min):
     # start_k = C_k + cummax(wanted_k - C_k), C_k the summed durations before k, per user.
@@ -272,8 +286,9 @@ def simulate(num_users: int = 2000, num_items: int = 5000, num_categories: int =
 
     rows = funnel(rng, visit_kind, b)
     visit_user = np.repeat(np.arange(num_users), lengths)
+    returns = np.zeros(0, np.int64)
     if b.cart_return > 0:  # no draw otherwise, so logs without returns stay as they were
-        return_to_open_carts(rng, rows, visit_item, visit_kind, session_start, visit_user, b.cart_return)
+        returns = return_to_open_carts(rng, rows, visit_item, visit_kind, session_start, visit_user, b.cart_return)
     flat = np.flatnonzero(rows.ravel())
     visit, slot = flat // len(VISIT_SLOTS), flat % len(VISIT_SLOTS)
     user = visit_user[visit]
@@ -283,7 +298,10 @@ def simulate(num_users: int = 2000, num_items: int = 5000, num_categories: int =
 
     new_visit = np.concatenate([[True], visit[1:] != visit[:-1]])
     new_session = new_visit & session_start[visit]
-    seconds = timestamps(rng, user, new_visit, new_session, num_users, days)
+    soon = None
+    if b.cart_return_hours > 0:
+        soon = np.isin(visit, returns) & new_session
+    seconds = timestamps(rng, user, new_visit, new_session, num_users, days, soon, b.cart_return_hours)
 
     slot_event = np.array([EVENT_TYPES.index(s) for s in VISIT_SLOTS], np.int8)
     item = visit_item[visit]
@@ -370,9 +388,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--start", default="2024-01-01")
     parser.add_argument("--mean-events", type=float, default=50.0)
     parser.add_argument("--cart-return", type=float, default=0.0, help="Behaviour.cart_return")
+    parser.add_argument("--cart-return-hours", type=float, default=0.0, help="Behaviour.cart_return_hours")
     args = parser.parse_args(argv)
     stats = generate_log(args.out, args.users, args.items, args.categories, args.seed, args.days,
-                         args.start, args.mean_events, Behaviour(cart_return=args.cart_return))
+                         args.start, args.mean_events, Behaviour(cart_return=args.cart_return,
+                                                            cart_return_hours=args.cart_return_hours))
     print(json.dumps(stats, indent=2))
 
 
