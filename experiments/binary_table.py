@@ -9,8 +9,9 @@ typed funnel events) and places its cutoffs mid-log, where the simulated users a
 lets users drift away towards the end of its window, which would make the last days unrepresentative).
 In that log tomorrow's purchase depends on the user's activity rate and the funnel's coin flips, which counts
 and recencies summarise: a tie is the best a sequence model can do there. `generated_purchase_cart_return` is
-the same log where open carts are bought at the next session: a positive control, a signal in the order of
-events that the aggregates do not hold.
+the same log where open carts are bought at the next session (`_12h`: a next session within 12 hours), a
+positive control with a signal in the order of events that the aggregates do not hold. Its headroom over logreg
+is small (experiments/open_cart_headroom.py): a next-day label is mostly "is the user active tomorrow".
 
 One process per (model, seed) through `seqjax train` / `seqjax evaluate`; a run whose test JSON exists is
 not run again, so an interrupted table resumes. "Best" is chosen on validation PR-AUC (the mean over seeds
