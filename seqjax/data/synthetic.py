@@ -72,6 +72,11 @@ class Behaviour:
     # > 0: such a returning session starts at most this many hours (uniform from 1) after the previous session's
     # planned start instead of at its own time, so an open cart also says the user is coming back soon.
     cart_return_hours: float = 0.0
+    # An unbought cart ends its session right there with this probability (the user leaves at the cart).
+    cart_exit: float = 0.0
+    # True: only a session that ends on its open cart (the cart is its last visit) gets the return, so the signal
+    # is the type of the session's last event, which no count or recency aggregate holds.
+    cart_return_exit_only: bool = False
     length_sigma: float = 0.9  # sigma of the lognormal number of events per user
     min_events: int = 5  # no user has fewer events
 
@@ -182,11 +187,20 @@ def funnel(rng: np.random.Generator, kinds: np.ndarray, b: Behaviour) -> np.ndar
     return np.stack([search, ~checkout, favourite, cart, buy], axis=1)
 
 
+def abandon_at_carts(rng: np.random.Generator, rows: np.ndarray, session_start: np.ndarray,
+                     visit_user: np.ndarray, p: float) -> None:
+    """Ends the session after each unbought cart visit with probability p: the user's next visit opens a new
+    session (session_start [visits] is updated in place; the walk drew that visit as an in-session step)."""
+    left = np.flatnonzero(rows[:-1, 3] & ~rows[:-1, 4] & (visit_user[1:] == visit_user[:-1]))
+    session_start[left[rng.random(len(left)) < p] + 1] = True
+
+
 def return_to_open_carts(rng: np.random.Generator, rows: np.ndarray, items: np.ndarray, kinds: np.ndarray,
-                         session_start: np.ndarray, visit_user: np.ndarray, p: float) -> np.ndarray:
+                         session_start: np.ndarray, visit_user: np.ndarray, p: float,
+                         exit_only: bool = False) -> np.ndarray:
     """Makes the first visit of a session, with probability p, a checkout of the previous session's open cart
-    (its last cart, not bought). Updates funnel rows [visits, 5], items and kinds [visits] in place; returns
-    the visits that became checkouts."""
+    (its last cart, not bought; with exit_only, only when that cart was the session's last visit). Updates
+    funnel rows [visits, 5], items and kinds [visits] in place; returns the visits that became checkouts."""
     session = np.cumsum(session_start) - 1
     first = np.flatnonzero(session_start)
     last_cart = np.full(len(first), -1)
@@ -195,6 +209,8 @@ def return_to_open_carts(rng: np.random.Generator, rows: np.ndarray, items: np.n
     same_user_next = np.append(visit_user[first[1:]] == visit_user[first[:-1]], False)
     s = np.flatnonzero((last_cart >= 0) & same_user_next)
     s = s[~rows[last_cart[s], 4]]
+    if exit_only:
+        s = s[last_cart[s] == first[s + 1] - 1]
     s = s[rng.random(len(s)) < p]
     source, target = last_cart[s], first[s + 1]
     keep = ~np.isin(source, target)  # a visit that becomes a checkout no longer leaves a cart open
@@ -287,8 +303,11 @@ def simulate(num_users: int = 2000, num_items: int = 5000, num_categories: int =
     rows = funnel(rng, visit_kind, b)
     visit_user = np.repeat(np.arange(num_users), lengths)
     returns = np.zeros(0, np.int64)
-    if b.cart_return > 0:  # no draw otherwise, so logs without returns stay as they were
-        returns = return_to_open_carts(rng, rows, visit_item, visit_kind, session_start, visit_user, b.cart_return)
+    if b.cart_exit > 0:  # no draw otherwise, so logs without exits stay as they were
+        abandon_at_carts(rng, rows, session_start, visit_user, b.cart_exit)
+    if b.cart_return > 0:
+        returns = return_to_open_carts(rng, rows, visit_item, visit_kind, session_start, visit_user, b.cart_return,
+                                       b.cart_return_exit_only)
     flat = np.flatnonzero(rows.ravel())
     visit, slot = flat // len(VISIT_SLOTS), flat % len(VISIT_SLOTS)
     user = visit_user[visit]
@@ -389,10 +408,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mean-events", type=float, default=50.0)
     parser.add_argument("--cart-return", type=float, default=0.0, help="Behaviour.cart_return")
     parser.add_argument("--cart-return-hours", type=float, default=0.0, help="Behaviour.cart_return_hours")
+    parser.add_argument("--cart-exit", type=float, default=0.0, help="Behaviour.cart_exit")
+    parser.add_argument("--cart-return-exit-only", action="store_true", help="Behaviour.cart_return_exit_only")
     args = parser.parse_args(argv)
+    behaviour = Behaviour(cart_return=args.cart_return, cart_return_hours=args.cart_return_hours,
+                          cart_exit=args.cart_exit, cart_return_exit_only=args.cart_return_exit_only)
     stats = generate_log(args.out, args.users, args.items, args.categories, args.seed, args.days,
-                         args.start, args.mean_events, Behaviour(cart_return=args.cart_return,
-                                                            cart_return_hours=args.cart_return_hours))
+                         args.start, args.mean_events, behaviour)
     print(json.dumps(stats, indent=2))
 
 
