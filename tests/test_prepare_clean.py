@@ -3,7 +3,16 @@
 import numpy as np
 import pytest
 
-from seqjax.data.clean import REASONS, RowRules, cap_recent, drop_duplicates, k_core, sort_by_user_time, validate
+from seqjax.data.clean import (
+    REASONS,
+    RowRules,
+    cap_recent,
+    count_out_of_order,
+    drop_duplicates,
+    k_core,
+    sort_by_user_time,
+    validate,
+)
 from seqjax.data.formats import Columns, PrepareError, read_generic
 from seqjax.data.prepare import PrepareConfig, prepare
 from seqjax.data.schema import EVENT_ID
@@ -86,7 +95,7 @@ def test_strict_on_a_clean_file_succeeds(tmp_path):
 def test_event_map_and_unknown_events_error(tmp_path):
     path = write(tmp_path, ["a,x,1500000000,Clicked", "a,y,1500000001,ADD_TO_CART", "a,z,1500000002,wish"])
     table = read_generic(path, Columns())
-    events, report, _ = validate([table], RowRules(RANGE, event_map={"clicked": "view", "Wish": "favourite"}))
+    events, _, _ = validate([table], RowRules(RANGE, event_map={"clicked": "view", "Wish": "favourite"}))
     assert events.event.tolist() == [EVENT_ID["view"], EVENT_ID["cart"], EVENT_ID["favourite"]]
     with pytest.raises(PrepareError, match=r"line 2: unknown event type 'Clicked'"):
         validate([table], RowRules(RANGE, unknown_events="error"))
@@ -144,3 +153,17 @@ def test_duplicates_keep_the_first_and_equal_times_keep_file_order(tmp_path):
 def test_reasons_are_stable():
     assert REASONS == ("wrong_column_count", "empty_user_id", "empty_item_id", "bad_timestamp",
                        "timestamp_out_of_range", "unknown_event_type", "duplicate", "k_core", "cap_recent")
+
+
+def test_out_of_order_events_are_counted_and_sorted(tmp_path):
+    # u1 is read 10, 30, 20, 20, 5: the 20s and the 5 follow a later time. u2 is in order; a tie is in order.
+    rows = ["u1,a,1500000010,view", "u2,a,1500000001,view", "u1,b,1500000030,view", "u2,b,1500000001,cart",
+            "u1,c,1500000020,view", "u1,d,1500000020,view", "u1,e,1500000005,view"]
+    meta = prepare(cfg(write(tmp_path, rows), tmp_path / "out"), echo=False)
+    assert meta["report"]["out_of_order"] == 3
+    assert sum(meta["report"]["dropped"].values()) == 0
+
+    rng = np.random.default_rng(0)
+    user, ts = rng.integers(0, 20, 500), rng.integers(0, 50, 500)
+    slow = sum(any(user[j] == user[i] and ts[j] > ts[i] for j in range(i)) for i in range(500))
+    assert count_out_of_order(user, ts, np.arange(500)) == slow > 0

@@ -43,6 +43,8 @@ class Report:
     first_seen: dict[str, str] = dataclasses.field(default_factory=dict)  # reason -> "file line n"
     unknown_event_values: dict[str, int] = dataclasses.field(default_factory=dict)  # 20 most frequent
     blank_lines: int = 0
+    # Kept events read after a later-timestamped event of the same user; they are reordered by time, not dropped.
+    out_of_order: int = 0
     users: int = 0
     items: int = 0
 
@@ -235,9 +237,23 @@ def _intern(strings: pa.Array, skip_empty: bool = False) -> tuple[np.ndarray, pa
     return (new[codes] if len(codes) else codes), names.filter(pa.array(~empty))
 
 
-def sort_by_user_time(events: Events) -> Events:
-    """Each user's events together, oldest first; equal timestamps keep read order (stable)."""
+def sort_by_user_time(events: Events, report: Report | None = None) -> Events:
+    """Each user's events together, oldest first; equal timestamps keep read order (stable). With `report`,
+    counts in `out_of_order` the events read after a later-timestamped event of their user."""
+    if report is not None:
+        report.out_of_order = count_out_of_order(events.user, events.timestamp, events.order)
     return events.take(np.lexsort((events.order, events.timestamp, events.user)))
+
+
+def count_out_of_order(user: np.ndarray, timestamp: np.ndarray, order: np.ndarray) -> int:
+    """Events whose timestamp is below that of an event of the same user read before them."""
+    if not len(user):
+        return 0
+    by_read = np.lexsort((order, user))
+    rank = np.unique(timestamp, return_inverse=True)[1].ravel()  # < N, so user * (N + 1) + rank fits int64
+    key = user[by_read].astype(np.int64) * (len(user) + 1) + rank[by_read]
+    before = np.maximum.accumulate(key)[:-1]  # users sort apart, so the running max never crosses a user
+    return int((key[1:] < before).sum())
 
 
 def drop_duplicates(events: Events, report: Report) -> Events:

@@ -88,7 +88,7 @@ _PATH_READERS = {"sasrec": read_sasrec, "movielens": read_movielens, "taobao": r
 _NOT_IN_CHECKSUM = ("out", "inputs", "strict")  # where files live and how errors are reported: not the data
 _UNIT_PRICE_FORMATS = ("yoochoose",)  # price column is per unit: an event's value is price x quantity
 
-__all__ = ["PrepareConfig", "PrepareError", "prepare", "add_prepare_arguments", "run_prepare", "main"]
+__all__ = ["PrepareConfig", "PrepareError", "add_prepare_arguments", "main", "prepare", "run_prepare"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +184,7 @@ def prepare(cfg: PrepareConfig, *, command: str | None = None, echo: bool = True
     if has_timestamps and dedup:
         events = drop_duplicates(events, report)
     events = k_core(events, cfg.min_user_count, cfg.min_item_count, cfg.kcore_one_pass, report)
-    events = cap_recent(sort_by_user_time(events), cfg.max_events_per_user, report)
+    events = cap_recent(sort_by_user_time(events, report), cfg.max_events_per_user, report)
     if not len(events):
         raise PrepareError(f"no events left after cleaning ({_drops_text(report)})")
     if task is not None:
@@ -316,7 +316,7 @@ def _metadata(cfg: PrepareConfig, inputs, tables, split: Split, report: dict, ha
         "command": command,
         "config": config,
         "report": report,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -328,10 +328,12 @@ def _drops_text(report: Report) -> str:
 def _summary(meta: dict, report: Report, out: Path, seconds: float) -> str:
     c = meta["counts"]
     lines = [
-        f"prepared {meta['format']} ({len(meta['inputs'])} file(s)) in {seconds:.1f}s: "
-        f"{report.rows_read:,} rows read, {report.rows_kept:,} events kept",
+        (f"prepared {meta['format']} ({len(meta['inputs'])} file(s)) in {seconds:.1f}s: "
+         f"{report.rows_read:,} rows read, {report.rows_kept:,} events kept"),
         f"  users {meta['num_users']:,}  items {meta['num_items']:,}  categories {meta['num_categories']:,}",
         f"  {_drops_text(report)}",
+        *([f"  out of time order in the input: {report.out_of_order:,} events (kept, sorted by time)"]
+          if report.out_of_order else []),
         "  " + "  ".join(f"{s} {c[s]['records']:,} records / {c[s]['events']:,} events" for s in SPLITS),
         f"  wrote {out}/{{train,valid,test}}/, {out}/vocab/, report.json, metadata.json",
     ]
