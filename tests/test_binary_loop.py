@@ -155,7 +155,7 @@ def test_user_item_head_ranks_a_users_candidates(kind_runs):
                                          ("transformer", False)])
 def test_padded_positions_change_nothing(kind, causal, data):
     cfg = EventEncoderConfig(kind=kind, dim=16, blocks=2, layers=2, heads=2, causal=causal)
-    graphdef, params = nnx.split(EventEncoder(150, 6, 24, cfg, rngs=nnx.Rngs(0)))
+    graphdef, params = nnx.split(EventEncoder(150, 6, 24, cfg, has_prices=True, rngs=nnx.Rngs(0)))
     forward = jax.jit(lambda p, batch: tuple(nnx.merge(graphdef, p)(batch)))
     table = side_table(resolve_data(tiny(data["purchase"])), "valid", str(data["purchase"]))
     batch = attach(next(task_eval_batches(data["purchase"], "valid", TaskBatchSpec(32, 24))), table)
@@ -165,7 +165,7 @@ def test_padded_positions_change_nothing(kind, causal, data):
     noisy = dict(batch)
     pad = np.arange(24)[None, :] >= batch["lengths"][:, None]
     for name, high in (("items", 151), ("events", 6), ("categories", 7), ("hour", 24), ("weekday", 7),
-                       ("gap_bucket", 32), ("session_position", 200)):
+                       ("gap_bucket", 32), ("session_position", 200), ("price_bucket", 32)):
         noisy[name] = np.where(pad, rng.integers(0, high, pad.shape), batch[name]).astype(np.int32)
     states, user, mask, _ = forward(params, batch)
     states2, user2, _, _ = forward(params, noisy)
@@ -186,6 +186,19 @@ def test_encoder_without_item_ids_ignores_them(data):
     user = np.asarray(encoder(batch).user)
     np.testing.assert_array_equal(np.asarray(encoder(other_items).user), user)
     assert not np.allclose(np.asarray(encoder(other_hours).user), user)
+
+
+def test_price_buckets_reach_the_encoder_only_where_the_data_has_prices(data):
+    table = side_table(resolve_data(tiny(data["purchase"])), "valid", str(data["purchase"]))
+    batch = attach(next(task_eval_batches(data["purchase"], "valid", TaskBatchSpec(32, 24))), table)
+    valid = np.arange(24)[None, :] < batch["lengths"][:, None]
+    priced = {**batch, "price_bucket": np.where(valid, 1 + np.arange(24) % 31, 0).astype(np.int32)}
+    cfg = EventEncoderConfig(kind="gru", dim=16)
+    for has_prices in (False, True):
+        encoder = EventEncoder(150, 6, 24, cfg, has_prices=has_prices, rngs=nnx.Rngs(0))
+        assert ("price_bucket" in encoder.features) == has_prices
+        same = np.allclose(np.asarray(encoder(priced).user), np.asarray(encoder(batch).user))
+        assert same != has_prices
 
 
 def test_aggregates_use_training_statistics_and_reach_the_head(data, tmp_path):

@@ -7,12 +7,22 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
+from test_labels import shop_log
 
-from seqjax.data.features import (COLUMN_DOCS, RECENT_DAYS, aggregate_features, describe, event_features,
-                                  gap_bucket, local_hour_weekday, session_starts, utc_offsets)
+from seqjax.data.features import (
+    COLUMN_DOCS,
+    RECENT_DAYS,
+    aggregate_features,
+    describe,
+    event_features,
+    gap_bucket,
+    local_hour_weekday,
+    price_bucket,
+    session_starts,
+    utc_offsets,
+)
 from seqjax.data.labels import DAY, TaskConfig, build_examples
 from seqjax.data.schema import EVENT_ID, EVENT_TYPES
-from test_labels import shop_log
 
 BUY = EVENT_ID["purchase"]
 RTOL = 1e-12  # float aggregates vs the reference: summation order only
@@ -272,6 +282,15 @@ def test_gap_buckets():
     g = np.arange(1, 1 << 16)
     b = gap_bucket(g, np.zeros(len(g), bool))
     assert np.all(2.0 ** (b - 2) <= g) and np.all(g < 2.0 ** (b - 1))
+
+
+def test_price_buckets():
+    price = np.array([np.nan, -3.0, 0.0, 1.0, 1.99, 2.0, 12.5, 0.001, 1e-300, 2.0 ** 23, 1e12, np.inf])
+    assert price_bucket(price).tolist() == [0, 0, 0, 8, 8, 9, 11, 1, 1, 31, 31, 0]
+    # Every bucket b in 2..29 holds prices in [2^(b-8), 2^(b-7)); the draw covers exactly those.
+    p = np.exp(np.random.default_rng(0).uniform(np.log(2.0 ** -6), np.log(2.0 ** 22), 10_000))
+    b = price_bucket(p)
+    assert np.all(2.0 ** (b - 8) <= p) and np.all(p < 2.0 ** (b - 7)) and np.unique(b).tolist() == list(range(2, 30))
 
 
 def test_reference_log_has_what_the_tests_need(log):

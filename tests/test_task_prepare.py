@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import datetime as dt
 import json
+import math
 from collections import defaultdict
 from zoneinfo import ZoneInfo
 
@@ -417,13 +418,14 @@ def test_cdnow_churn_customer_disjoint_with_prices(shared_data_dir, tmp_path):
     assert [c["iso"] for c in t["protocol"]["cutoffs"]] == ["1997-10-01T00:00:00+00:00"]
     cut = t["protocol"]["cutoffs"][0]["unix"]
     # Slow reference over the file: purchases and dollars before the cutoff, any purchase in the holdout.
-    n, dollars, later = defaultdict(int), defaultdict(float), set()
+    n, dollars, later, buckets = defaultdict(int), defaultdict(float), set(), defaultdict(list)
     for line in path.read_text().splitlines()[1:]:
         cust, date, _, value = line.split()
         ts = int(dt.datetime.strptime(date, "%Y%m%d").replace(tzinfo=dt.UTC).timestamp())
         if ts < cut:
             n[cust] += 1
             dollars[cust] += float(value) if float(value) > 0 else 0.0
+            buckets[cust].append(min(max(math.floor(math.log2(float(value))) + 8, 1), 31) if float(value) > 0 else 0)
         elif ts < cut + 39 * 7 * DAY:
             later.add(cust)
     assert sum(t["counts"][s]["examples"] for s in SPLITS) == len(n) == 23_570
@@ -436,6 +438,11 @@ def test_cdnow_churn_customer_disjoint_with_prices(shared_data_dir, tmp_path):
         raw = users[row["user"]]
         assert row["n_purchase"] == n[raw] and row["label"] == (raw not in later)
         assert row["purchase_value_sum"] == pytest.approx(dollars[raw], rel=1e-12, abs=1e-9)
+    # The event sequences carry each purchase's dollars as a log2 bucket (the file is in time order per customer).
+    recs = records(tmp_path / "o", "test")
+    assert len(recs) == len(table) and any(len(set(r.price_bucket.tolist())) > 1 for r in recs)
+    for rec in recs:
+        assert rec.price_bucket.tolist() == buckets[users[rec.user]][-t["config"]["max_len"]:]
 
 
 # --- loaders ----------------------------------------------------------------------------------------------------

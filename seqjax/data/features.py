@@ -25,6 +25,7 @@ from seqjax.data.labels import DAY, NO_TIME, PURCHASE, Examples, TaskConfig, Tim
 from seqjax.data.schema import EVENT_ID, EVENT_TYPES
 
 GAP_BUCKETS = 32  # gap_bucket values 0..31; 31 holds every gap of 2^29 s (17 years) or more
+PRICE_BUCKETS = 32  # price_bucket values 0..31 (0: no price)
 RECENT_DAYS = (1, 3, 7)  # frequency windows just before the cutoff
 
 
@@ -92,6 +93,15 @@ def gap_bucket(gap: np.ndarray, first: np.ndarray, num_buckets: int = GAP_BUCKET
     _, exponent = np.frexp(np.maximum(gap, 1).astype(np.float64))  # bit length of the gap
     bucket = np.minimum(1 + exponent, num_buckets - 1)
     return np.where(first, 0, np.where(gap <= 0, 1, bucket)).astype(np.int8)
+
+
+def price_bucket(price: np.ndarray, num_buckets: int = PRICE_BUCKETS) -> np.ndarray:
+    """log2 bucket of each event's money value: 0 = unknown or not positive; b >= 1 holds [2^(b-8), 2^(b-7)),
+    bucket 1 also everything below and the last one everything above. float [N] -> int8 [N]."""
+    price = np.asarray(price, np.float64)
+    known = np.isfinite(price) & (price > 0)
+    _, exponent = np.frexp(np.where(known, price, 1.0))  # price in [2^(e-1), 2^e)
+    return np.where(known, np.clip(exponent + 7, 1, num_buckets - 1), 0).astype(np.int8)
 
 
 def event_features(user: np.ndarray, ts: np.ndarray, timezone: str = "UTC", session_gap: int = 1800,

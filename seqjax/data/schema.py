@@ -77,7 +77,7 @@ def decode_record(buf: bytes) -> SequenceRecord:
     return SequenceRecord(user, items, ts, ev, cat, target, target_ts, target_event)
 
 
-EXAMPLE_SCHEMA_VERSION = 1  # version byte of every ExampleRecord; bumped whenever its encoding changes
+EXAMPLE_SCHEMA_VERSION = 2  # version byte of every ExampleRecord; bumped whenever its encoding changes
 TASK_DIR = "task"  # DATA_DIR/task/: labelled examples of `seqjax prepare --task`
 NO_CANDIDATE = 0  # `candidate` of a user-level example
 
@@ -101,6 +101,7 @@ class ExampleRecord:
     weekday: np.ndarray  # int8 [n], local day of week 0..6, Monday = 0
     session_position: np.ndarray  # int32 [n], 0 = the first event of its session
     gap_bucket: np.ndarray  # int8 [n], log2 bucket of the gap to the previous event (features.gap_bucket)
+    price_bucket: np.ndarray  # int8 [n], log2 bucket of the event's money value, 0 = none (features.price_bucket)
     candidate: int = NO_CANDIDATE  # user_item level: the item the label is about; NO_CANDIDATE at user level
     cutoff: int = 0  # unix seconds: the history is strictly before it, the label window starts at it
     label: int = 0  # 0/1
@@ -109,7 +110,8 @@ class ExampleRecord:
 _EXAMPLE_HEADER = struct.Struct("<BqiqBi")  # version, user, candidate, cutoff, label, n
 # (field, dtype) of the per-event arrays, in encoding order.
 EXAMPLE_ARRAYS = (("items", np.int32), ("timestamps", np.int64), ("events", np.int8), ("categories", np.int32),
-                  ("hour", np.int8), ("weekday", np.int8), ("session_position", np.int32), ("gap_bucket", np.int8))
+                  ("hour", np.int8), ("weekday", np.int8), ("session_position", np.int32), ("gap_bucket", np.int8),
+                  ("price_bucket", np.int8))
 
 
 def encode_example(rec: ExampleRecord) -> bytes:

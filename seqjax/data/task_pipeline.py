@@ -8,7 +8,8 @@ of the split's Parquet rows).
 
 Every batch is a dict of numpy arrays, B rows (a last partial batch is filled with weight-0 rows):
 
-    items, events, categories, hour, weekday, session_position, gap_bucket   int32 [B, T], right-padded with 0
+    items, events, categories, hour, weekday, session_position, gap_bucket, price_bucket
+                int32 [B, T], right-padded with 0
     lengths     int32 [B]    real events per row (0 on padding rows)
     candidate   int32 [B]    user_item level: the item the label is about; 0 at user level
     label       int32 [B]    0/1
@@ -33,7 +34,8 @@ import numpy as np
 from seqjax.data.schema import ExampleRecord, decode_example
 from seqjax.data.shards import example_paths
 
-SEQUENCE_FIELDS = ("items", "events", "categories", "hour", "weekday", "session_position", "gap_bucket")
+SEQUENCE_FIELDS = ("items", "events", "categories", "hour", "weekday", "session_position", "gap_bucket",
+                   "price_bucket")
 
 
 def examples(data_dir: str | os.PathLike, split: str) -> grain.MapDataset:

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from seqjax.config import ConfigError, to_dict
 from seqjax.data.clean import Events
-from seqjax.data.features import aggregate_features, describe, event_features
+from seqjax.data.features import aggregate_features, describe, event_features, price_bucket
 from seqjax.data.formats.base import PrepareError
 from seqjax.data.labels import (
     NO_TIME,
@@ -50,12 +50,14 @@ from seqjax.data.shards import write_shards
 from seqjax.data.split import Split
 
 KEY_COLUMNS = ("user", "item", "cutoff", "label")  # the first Parquet columns, in this order
-EVENT_FEATURES = {  # the per-event features of an ExampleRecord (from features.event_features)
+EVENT_FEATURES = {  # the per-event features of an ExampleRecord (features.event_features and price_bucket)
     "hour": "local hour 0..23 of the event in task.timezone",
     "weekday": "local day of week 0..6 (Monday = 0) in task.timezone",
     "session_position": "0 = the first event of its session (a gap over task.session_gap opens one)",
     "gap_bucket": ("log2 bucket of the seconds since the user's previous event (0: none, 1: same second, "
                    "b >= 2: [2^(b-2), 2^(b-1)) s), see features.gap_bucket"),
+    "price_bucket": ("log2 bucket of the event's money value (0: none; b >= 1: [2^(b-8), 2^(b-7))), see "
+                     "features.price_bucket"),
 }
 CHUNK_EXAMPLES = 65_536  # examples encoded per gather: bounds the memory of the gathered events
 _GENERIC = {f.name: f.default for f in dataclasses.fields(TaskConfig)}
@@ -194,7 +196,7 @@ def encoded_examples(ev: TaskEvents, context: dict[str, np.ndarray], examples: E
     """The encoded ExampleRecords of `rows` (indices into `examples`), in that order."""
     chunk = CHUNK_EXAMPLES
     cols = {"items": ev.item, "timestamps": ev.timestamp, "events": ev.event, "categories": ev.category,
-            **{k: context[k] for k in EVENT_FEATURES}}
+            **{k: context[k] for k in EVENT_FEATURES if k in context}, "price_bucket": price_bucket(ev.price)}
     for at in range(0, len(rows), chunk):
         r = rows[at:at + chunk]
         start, length = hist.start[r], hist.end[r] - hist.start[r]

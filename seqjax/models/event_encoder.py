@@ -4,7 +4,8 @@
 per-position states and one user representation:
 
     sum of the enabled feature embeddings at each event   [B, T, D]  (item, event type, category, hour,
-        weekday, log2 gap bucket, session position clipped to `max_session_position`; the item table is
+        weekday, log2 gap bucket, session position clipped to `max_session_position`, log2 price bucket
+        where the data has prices; the item table is
         its own, the others share one table in blocks of rows; the transformer adds a learned position
         counted from the oldest kept event)
     -> LayerNorm -> dropout -> GRU / LSTM layers (seqjax.models.recurrent, a Linear D -> D after them)
@@ -38,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from seqjax.data.features import GAP_BUCKETS
+from seqjax.data.features import GAP_BUCKETS, PRICE_BUCKETS
 from seqjax.data.schema import EVENT_TYPES
 from seqjax.models.attention import Implementation
 from seqjax.models.recurrent import RecurrentLayer
@@ -46,7 +47,7 @@ from seqjax.models.repeat_head import RepeatHead
 from seqjax.models.transformer import Block
 
 # Per-event features that can be embedded (besides `items`, which is always), and the per-example one.
-EVENT_FEATURES = ("events", "categories", "hour", "weekday", "gap_bucket", "session_position")
+EVENT_FEATURES = ("events", "categories", "hour", "weekday", "gap_bucket", "session_position", "price_bucket")
 FEATURES = ("items", *EVENT_FEATURES, "cutoff_gap")
 BINARY_HEADS = ("purchase", "churn")
 HEADS = ("next_item", *BINARY_HEADS)
@@ -98,15 +99,16 @@ def vocab_sizes(num_items: int, num_categories: int, max_session_position: int) 
     """Embedding rows of every feature (ids 0..size-1)."""
     return {"items": num_items + 1, "events": len(EVENT_TYPES) + 1, "categories": num_categories + 1,
             "hour": 24, "weekday": 7, "gap_bucket": GAP_BUCKETS, "session_position": max_session_position + 1,
-            "cutoff_gap": GAP_BUCKETS}
+            "price_bucket": PRICE_BUCKETS, "cutoff_gap": GAP_BUCKETS}
 
 
 class EventEncoder(nnx.Module):
     def __init__(self, num_items: int, num_categories: int, max_len: int, cfg: EventEncoderConfig, *,
-                 rngs: nnx.Rngs):
+                 has_prices: bool = False, rngs: nnx.Rngs):
         cfg.validate()
         self.kind = cfg.kind
-        self.features = tuple(f for f in EVENT_FEATURES if f in cfg.features)
+        # price_bucket only where the data has prices: elsewhere it is always 0 and would only shift the others' rows
+        self.features = tuple(f for f in EVENT_FEATURES if f in cfg.features and (f != "price_bucket" or has_prices))
         self.max_session_position = cfg.max_session_position
         self.attention = cfg.attention
         sizes = vocab_sizes(num_items, num_categories, cfg.max_session_position)
@@ -237,7 +239,7 @@ class MultiTaskModel(nnx.Module):
 
     def __init__(self, num_items: int, num_categories: int, max_len: int, cfg: EventEncoderConfig,
                  heads: tuple[str, ...], candidate_heads: tuple[str, ...] = (), *, repeat: bool = False,
-                 num_aggregates: int = 0, rngs: nnx.Rngs):
+                 num_aggregates: int = 0, has_prices: bool = False, rngs: nnx.Rngs):
         unknown = [h for h in (*heads, *candidate_heads) if h not in HEADS]
         if unknown or not heads:
             raise ValueError(f"heads must be a non-empty subset of {list(HEADS)}, got {list(heads)}")
@@ -249,7 +251,7 @@ class MultiTaskModel(nnx.Module):
                              "they score items against its table")
         self.heads = tuple(h for h in HEADS if h in heads)
         self.binary_heads = tuple(h for h in BINARY_HEADS if h in heads)
-        self.encoder = EventEncoder(num_items, num_categories, max_len, cfg, rngs=rngs)
+        self.encoder = EventEncoder(num_items, num_categories, max_len, cfg, has_prices=has_prices, rngs=rngs)
         hidden = cfg.head_hidden or cfg.dim
         self.binary = nnx.Dict({h: BinaryHead(cfg.dim, hidden, cfg.dropout, candidate=h in candidate_heads,
                                               aggregates=num_aggregates, rngs=rngs) for h in self.binary_heads})

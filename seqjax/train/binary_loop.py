@@ -78,7 +78,7 @@ from seqjax.train.tensorboard import ScalarWriter
 def build_model(cfg: SequenceTaskConfig, data: TaskData) -> MultiTaskModel:
     candidate = ("purchase",) if data.level == "user_item" and data.primary == "purchase" else ()
     return MultiTaskModel(data.num_items, data.num_categories, cfg.max_len, cfg.encoder, data.heads, candidate,
-                          repeat=cfg.next_item.repeat, num_aggregates=data.num_aggregates,
+                          repeat=cfg.next_item.repeat, num_aggregates=data.num_aggregates, has_prices=data.has_prices,
                           rngs=nnx.Rngs(jax.random.key(cfg.seed, impl=cfg.rng_impl)))
 
 

@@ -37,6 +37,7 @@ class TaskData:
     sources: dict[str, str]  # binary head -> prepared directory of its labels
     checksums: dict[str, str]  # prepared directory -> metadata checksum
     num_aggregates: int = 0  # width of `aggregate_inputs` when the run feeds them to the binary heads, else 0
+    has_prices: bool = False  # the events carry money values: the encoder embeds price_bucket
 
 
 def _task_section(path: str, metadata: dict) -> dict:
@@ -78,7 +79,7 @@ def resolve_data(cfg: SequenceTaskConfig) -> TaskData:
     width = aggregate_preprocessor(cfg.data_path).width if cfg.aggregates else 0
     return TaskData(task["task"], task["level"], meta["num_items"], meta["num_categories"],
                     meta["task"]["counts"]["train"]["examples"], tuple(h for h in order if h in heads), sources, checksums,
-                    width)
+                    width, meta["task"].get("has_prices", False))
 
 
 def aggregate_preprocessor(data_path: str):
