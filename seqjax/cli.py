@@ -17,8 +17,9 @@ def _trainer(cfg):
         from seqjax.train.classical_tasks import train
         return train
     if cfg.task in BINARY_TASKS:
-        raise config_lib.ConfigError(f"model.kind={cfg.model.kind} with task={cfg.task}: neural purchase/churn "
-                                     "training is not wired into `seqjax train` yet")
+        raise config_lib.ConfigError(f"model.kind={cfg.model.kind} with task={cfg.task}: sequence models for "
+                                     "purchase/churn are configured under `sequence_task:` (e.g. "
+                                     "configs/purchase_lstm_taobao.yaml), not `model:`")
     from seqjax.train.loop import train
     return train
 

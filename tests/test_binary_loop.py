@@ -413,6 +413,22 @@ def test_evaluate_writes_the_binary_card_for_a_sequence_run(kind_runs, tmp_path)
         evaluate_sequence_task(workdir, "test", "best", tmp_path / "c.json", task="churn")
 
 
+def test_cli_trains_and_evaluates_a_shipped_sequence_config(data, tmp_path, capsys):
+    import json
+
+    from seqjax import cli
+    run, out = str(tmp_path / "run"), tmp_path / "test.json"
+    sets = [f"sequence_task.data_path={data['purchase']}", "sequence_task.epochs=1", "sequence_task.max_len=16",
+            "sequence_task.encoder.dim=16"]
+    assert cli.main(["train", "--config", "configs/purchase_lstm_taobao.yaml", "--workdir", run,
+                     *[a for s in sets for a in ("--set", s)]]) == 0
+    assert cli.main(["evaluate", "--workdir", run, "--split", "test", "--task", "purchase", "--json", str(out)]) == 0
+    assert "task=purchase" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["protocol"]["task"]["head"] == "purchase" and 0.0 <= result["metrics"]["ROC-AUC"] <= 1.0
+    assert cli.main(["evaluate", "--workdir", run, "--split", "test", "--task", "churn"]) == 2
+
+
 @pytest.mark.parametrize("name", ["purchase_lstm_taobao", "churn_lstm_cdnow", "multitask_lstm_taobao"])
 def test_shipped_sequence_task_configs_load(name):
     from pathlib import Path

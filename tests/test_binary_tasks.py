@@ -174,4 +174,4 @@ def test_cli_train_evaluate_and_task_mismatch(data, tmp_path, capsys):
         evaluate(run, "test", task="purchase")
     assert cli.main(["train", "--config", "configs/churn_gbdt_cdnow.yaml", "--workdir", str(tmp_path / "n"),
                      "--set", "model.kind=sasrec", "--set", f"data.path={data['churn']}"]) == 2
-    assert "neural purchase/churn training is not wired" in capsys.readouterr().err
+    assert "are configured under `sequence_task:`" in capsys.readouterr().err

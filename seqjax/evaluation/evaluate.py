@@ -105,8 +105,8 @@ def evaluate_binary(workdir: Path, cfg: ExperimentConfig, metadata: dict[str, An
     """
     run_dir.check_task(metadata, cfg.task, cfg.data.path)
     if cfg.model.kind not in BINARY_ONLY_KINDS:
-        raise run_dir.RunDirError(f"model.kind={cfg.model.kind}: evaluating a neural {cfg.task} run is not wired "
-                                  "into `seqjax evaluate` yet")
+        raise run_dir.RunDirError(f"model.kind={cfg.model.kind}: a {cfg.task} run of this kind cannot exist (sequence "
+                                  "models for purchase/churn are `sequence_task:` runs, evaluated with --task)")
     from seqjax.train import classical_tasks
     summary = classical_tasks.load_summary(workdir)
     scores = classical_tasks.score(workdir, cfg, metadata, split)
