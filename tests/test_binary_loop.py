@@ -413,6 +413,19 @@ def test_evaluate_writes_the_binary_card_for_a_sequence_run(kind_runs, tmp_path)
         evaluate_sequence_task(workdir, "test", "best", tmp_path / "c.json", task="churn")
 
 
+def test_data_of_an_older_example_schema_is_refused_before_training(data, tmp_path):
+    import json
+
+    from seqjax.train.run_dir import RunDirError
+    old = tmp_path / "old"
+    shutil.copytree(data["purchase"], old)
+    meta = json.loads((old / "metadata.json").read_text())
+    meta["task"]["example_schema_version"] = 1
+    (old / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(RunDirError, match="schema version 1, this seqjax reads 2; prepare the data again"):
+        resolve_data(tiny(old))
+
+
 def test_cli_trains_and_evaluates_a_shipped_sequence_config(data, tmp_path, capsys):
     import json
 

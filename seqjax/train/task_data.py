@@ -17,7 +17,7 @@ import yaml
 from seqjax import config as config_lib
 from seqjax.config import ConfigError
 from seqjax.data.features import gap_bucket
-from seqjax.data.schema import TASK_DIR
+from seqjax.data.schema import EXAMPLE_SCHEMA_VERSION, TASK_DIR
 from seqjax.data.task_pipeline import SEQUENCE_FIELDS
 from seqjax.models.event_encoder import BINARY_HEADS
 from seqjax.train import run_dir
@@ -43,6 +43,10 @@ class TaskData:
 def _task_section(path: str, metadata: dict) -> dict:
     if "task" not in metadata:
         raise run_dir.RunDirError(f"{path} has no task examples: prepare it with `seqjax prepare --task purchase|churn`")
+    version = metadata["task"].get("example_schema_version")
+    if version != EXAMPLE_SCHEMA_VERSION:
+        raise run_dir.RunDirError(f"{path}: task examples in schema version {version}, this seqjax reads "
+                                  f"{EXAMPLE_SCHEMA_VERSION}; prepare the data again")
     return metadata["task"]["config"]
 
 
