@@ -98,6 +98,11 @@ def test_train_then_evaluate_test(name, task, kind, data, tmp_path, capsys):
 
     assert set(card) >= CARD_KEYS and set(card["task"]) >= PROTOCOL_KEYS
     assert card["task"]["task"] == task and card["model_kind"] == kind and card["seed"] == cfg.train.seed
+    disjoint = DATA[name][1].split_mode == "customer_disjoint"
+    assert card["task"]["split_mode"] == ("customer_disjoint" if disjoint else "rolling")
+    assert ("customer_split" in card["task"]) == disjoint
+    if disjoint:  # the card says how customers were assigned, so the split can be redrawn
+        assert card["task"]["customer_split"].startswith(f"customers hashed with seed {DATA[name][1].seed}: 0.6 ")
     assert card["dataset"]["checksum"] == json.loads((data[name] / "metadata.json").read_text())["checksum"]
     assert card["threshold"]["value"] == summary["threshold"] and "validation" in card["threshold"]["chosen"]
     assert (tmp_path / "t.reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
