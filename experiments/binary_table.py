@@ -42,7 +42,7 @@ SEQUENCE = ("lstm", "gru", "transformer")
 # Variants, not in the default kinds: <encoder>_noid drops the item and category id embeddings (event type,
 # time and session features only: do the ids overfit where examples are few?); <encoder>_agg also feeds the
 # classical models' RFM aggregates to the head (wide & deep: does the sequence add to the aggregates?).
-NO_ID_FEATURES = "[events,hour,weekday,gap_bucket,session_position,cutoff_gap]"
+NO_ID_FEATURES = "[events,hour,weekday,gap_bucket,session_position,price_bucket,cutoff_gap]"
 VARIANTS = {**{f"{k}_noid": (k, [f"sequence_task.encoder.features={NO_ID_FEATURES}"]) for k in SEQUENCE},
             **{f"{k}_agg": (k, ["sequence_task.aggregates=true"]) for k in SEQUENCE}}
 PURCHASE = ("purchase", "purchase_gbdt_taobao", "purchase_lstm_taobao")  # task, classical and sequence configs

@@ -43,7 +43,8 @@ class Report:
     first_seen: dict[str, str] = dataclasses.field(default_factory=dict)  # reason -> "file line n"
     unknown_event_values: dict[str, int] = dataclasses.field(default_factory=dict)  # 20 most frequent
     blank_lines: int = 0
-    # Kept events read after a later-timestamped event of the same user; they are reordered by time, not dropped.
+    # Events (after dedup and k-core) read after a later-timestamped event of the same user, in read order across
+    # files (a clicks file read before a buys file counts its later clicks); reordered by time, not dropped.
     out_of_order: int = 0
     users: int = 0
     items: int = 0

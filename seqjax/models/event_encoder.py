@@ -107,7 +107,7 @@ class EventEncoder(nnx.Module):
                  has_prices: bool = False, rngs: nnx.Rngs):
         cfg.validate()
         self.kind = cfg.kind
-        # price_bucket only where the data has prices: elsewhere it is always 0 and would only shift the others' rows
+        # price_bucket only where the data has prices: elsewhere it is always 0 and would only change the table's init
         self.features = tuple(f for f in EVENT_FEATURES if f in cfg.features and (f != "price_bucket" or has_prices))
         self.max_session_position = cfg.max_session_position
         self.attention = cfg.attention
