@@ -164,6 +164,18 @@ def test_out_of_order_events_are_counted_and_sorted(tmp_path):
     assert sum(meta["report"]["dropped"].values()) == 0
 
     rng = np.random.default_rng(0)
-    user, ts = rng.integers(0, 20, 500), rng.integers(0, 50, 500)
+    user, ts, source = rng.integers(0, 20, 500), rng.integers(0, 50, 500), np.sort(rng.integers(0, 3, 500))
     slow = sum(any(user[j] == user[i] and ts[j] > ts[i] for j in range(i)) for i in range(500))
     assert count_out_of_order(user, ts, np.arange(500)) == slow > 0
+    per_file = sum(any(user[j] == user[i] and source[j] == source[i] and ts[j] > ts[i] for j in range(i))
+                   for i in range(500))
+    assert count_out_of_order(user, ts, np.arange(500), source) == per_file < slow
+
+
+def test_out_of_order_is_counted_within_each_input_file(tmp_path):
+    # Each file is in time order; the second one starts earlier (a clicks and a buys file): nothing counts.
+    first = write(tmp_path, ["u1,a,1500000010,view", "u1,b,1500000030,view"], name="clicks.csv")
+    second = write(tmp_path, ["u1,c,1500000020,purchase", "u1,d,1500000005,purchase"], name="buys.csv")
+    out = tmp_path / "out"
+    conf = PrepareConfig(format="generic", inputs=(str(first), str(second)), out=str(out), max_timestamp="2030-01-01")
+    assert prepare(conf, echo=False)["report"]["out_of_order"] == 1  # only buys' 5 after its own 20

@@ -43,8 +43,8 @@ class Report:
     first_seen: dict[str, str] = dataclasses.field(default_factory=dict)  # reason -> "file line n"
     unknown_event_values: dict[str, int] = dataclasses.field(default_factory=dict)  # 20 most frequent
     blank_lines: int = 0
-    # Events (after dedup and k-core) read after a later-timestamped event of the same user, in read order across
-    # files (a clicks file read before a buys file counts its later clicks); reordered by time, not dropped.
+    # Events (after dedup and k-core) read after a later-timestamped event of the same user in the same input file;
+    # reordered by time, not dropped. Per file, because split inputs (yoochoose's clicks and buys) interleave in time.
     out_of_order: int = 0
     users: int = 0
     items: int = 0
@@ -64,6 +64,7 @@ class Events:
     category: np.ndarray  # int64 [N], 1 + index into category_names; 0 when absent
     price: np.ndarray  # float64 [N], the event's money value (see RowRules.unit_price); NaN when unknown
     order: np.ndarray  # int64 [N], read position (file by file, line by line): breaks timestamp ties
+    source: np.ndarray  # int64 [N], index of the input file the event was read from
     user_names: pa.Array
     item_names: pa.Array
     category_names: pa.Array
@@ -76,7 +77,7 @@ class Events:
         return dataclasses.replace(self, user=self.user[index], item=self.item[index],
                                    timestamp=self.timestamp[index], event=self.event[index],
                                    category=self.category[index], price=self.price[index],
-                                   order=self.order[index])
+                                   order=self.order[index], source=self.source[index])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +133,7 @@ def validate(tables: Sequence[RawTable], rules: RowRules) -> tuple[Events, Repor
     item_codes, item_names = _intern(item.filter(pa.array(keep)))
     price = _prices(tables, rules.unit_price)
     events = Events(user=user_codes, item=item_codes, timestamp=seconds[keep], event=event[keep],
-                    category=cat_codes, price=price[keep], order=np.flatnonzero(keep).astype(np.int64),
+                    category=cat_codes, price=price[keep], order=np.flatnonzero(keep).astype(np.int64), source=file_of[keep],
                     user_names=user_names, item_names=item_names, category_names=cat_names)
     report.rows_kept = len(events)
     return events, report, unit
@@ -240,16 +241,20 @@ def _intern(strings: pa.Array, skip_empty: bool = False) -> tuple[np.ndarray, pa
 
 def sort_by_user_time(events: Events, report: Report | None = None) -> Events:
     """Each user's events together, oldest first; equal timestamps keep read order (stable). With `report`,
-    counts in `out_of_order` the events read after a later-timestamped event of their user."""
+    counts in `out_of_order` the events read after a later-timestamped event of their user in the same file."""
     if report is not None:
-        report.out_of_order = count_out_of_order(events.user, events.timestamp, events.order)
+        report.out_of_order = count_out_of_order(events.user, events.timestamp, events.order, events.source)
     return events.take(np.lexsort((events.order, events.timestamp, events.user)))
 
 
-def count_out_of_order(user: np.ndarray, timestamp: np.ndarray, order: np.ndarray) -> int:
-    """Events whose timestamp is below that of an event of the same user read before them."""
+def count_out_of_order(user: np.ndarray, timestamp: np.ndarray, order: np.ndarray,
+                       source: np.ndarray | None = None) -> int:
+    """Events whose timestamp is below that of an event of the same user (and `source` file) read before them."""
     if not len(user):
         return 0
+    if source is not None:  # one group per (user, file), densely coded so that the key below fits int64
+        group = user.astype(np.int64) * (int(source.max()) + 1) + source
+        user = np.unique(group, return_inverse=True)[1].ravel()
     by_read = np.lexsort((order, user))
     rank = np.unique(timestamp, return_inverse=True)[1].ravel()  # < N, so user * (N + 1) + rank fits int64
     key = user[by_read].astype(np.int64) * (len(user) + 1) + rank[by_read]
