@@ -53,8 +53,12 @@ def run_one(spec: str, steps: int, budget_s: float) -> dict:
 
     from seqjax.models.sasrec import SASRec, SASRecConfig
     from seqjax.train.losses import full_softmax_loss
-    from seqjax.train.sampled_losses import (gbce_loss, in_batch_softmax_loss, popularity_from_counts,
-                                             sampled_softmax_loss)
+    from seqjax.train.sampled_losses import (
+        gbce_loss,
+        in_batch_softmax_loss,
+        popularity_from_counts,
+        sampled_softmax_loss,
+    )
 
     kind, v = spec.split(":")
     v = int(v)

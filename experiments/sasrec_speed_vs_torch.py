@@ -38,6 +38,7 @@ for epoch in range(2):  # epoch 0 compiles every length bucket; epoch 1 is stead
 
 def export_sequences(data_dir: Path, out: Path) -> None:
     import json
+
     from seqjax.data.pipeline import records
     train = records(data_dir, "train")
     seqs = [train[i].items for i in range(len(train))]

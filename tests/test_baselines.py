@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 
 from seqjax.models import baselines
-from seqjax.models.baselines import (ItemKNN, ItemKNNConfig, Markov, MarkovConfig, Popularity,
-                                     history_weights, top_k_per_row)
+from seqjax.models.baselines import (
+    ItemKNN,
+    ItemKNNConfig,
+    Markov,
+    MarkovConfig,
+    Popularity,
+    history_weights,
+    top_k_per_row,
+)
 
 TOL = dict(rtol=2e-6, atol=1e-9)  # float32 scores against float64 references
 

@@ -8,9 +8,15 @@ import pytest
 from sklearn import metrics as skm
 
 from seqjax.evaluation import binary
-from seqjax.evaluation.binary import (METRICS, best_f1_threshold, binary_metrics, bootstrap_ci,
-                                      group_resample_counts, metrics_from_group_counts,
-                                      paired_bootstrap_diff)
+from seqjax.evaluation.binary import (
+    METRICS,
+    best_f1_threshold,
+    binary_metrics,
+    bootstrap_ci,
+    group_resample_counts,
+    metrics_from_group_counts,
+    paired_bootstrap_diff,
+)
 from seqjax.evaluation.reliability import reliability_plot
 
 # float64 reformulations of the same sums (different order only): fixed here, never loosened.

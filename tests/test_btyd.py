@@ -7,12 +7,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from conftest import missing_shared_data
 from scipy import integrate, optimize, special, stats
 
-from conftest import missing_shared_data
 from seqjax.models import btyd
-from seqjax.models.btyd import (DAY, BGNBDParams, count_between, expected_purchases, fit_bgnbd, log_likelihood,
-                                p_alive, prob_any_purchase, rfm_from_features, simulate, summarise_rfm)
+from seqjax.models.btyd import (
+    DAY,
+    BGNBDParams,
+    count_between,
+    expected_purchases,
+    fit_bgnbd,
+    log_likelihood,
+    p_alive,
+    prob_any_purchase,
+    rfm_from_features,
+    simulate,
+    summarise_rfm,
+)
 
 CDNOW_LIKE = BGNBDParams(r=0.25, alpha=4.0, a=0.8, b=2.5)  # near FHL's CDNOW-sample estimates: a < 1, r < 1
 SMOOTH = BGNBDParams(r=1.5, alpha=6.0, a=1.6, b=3.0)  # a > 1, r > 1: the other side of a = 1

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from test_labels import shop_log
 from threadpoolctl import threadpool_limits
 
 from seqjax.config import ConfigError, from_dict
@@ -15,10 +16,24 @@ from seqjax.data.features import COLUMN_DOCS, aggregate_features
 from seqjax.data.labels import TaskConfig, build_examples, customer_split
 from seqjax.evaluation.binary import bootstrap_ci
 from seqjax.models import classical
-from seqjax.models.classical import (KINDS, LOG1P_PATTERN, MAGIC, ClassicalConfig, GBDTConfig, KNNConfig,
-                                     LogRegConfig, TreeConfig, feature_columns, feature_matrix, fit, kind_config,
-                                     load, predict_proba, read_header, save)
-from test_labels import shop_log
+from seqjax.models.classical import (
+    KINDS,
+    LOG1P_PATTERN,
+    MAGIC,
+    ClassicalConfig,
+    GBDTConfig,
+    KNNConfig,
+    LogRegConfig,
+    TreeConfig,
+    feature_columns,
+    feature_matrix,
+    fit,
+    kind_config,
+    load,
+    predict_proba,
+    read_header,
+    save,
+)
 
 GBDT = GBDTConfig(max_iter=200, patience=10)  # the default, shortened for test time
 CONFIGS = {"logreg": LogRegConfig(), "tree": TreeConfig(), "knn": KNNConfig(), "gbdt": GBDT}

@@ -11,11 +11,18 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import missing_shared_data
+
 from seqjax.data.clean import RowRules, validate
-from seqjax.data.formats import (PrepareError, read_cdnow, read_diginetica, read_otto, read_retailrocket,
-                                 read_taobao, read_yoochoose)
+from seqjax.data.formats import (
+    PrepareError,
+    read_cdnow,
+    read_diginetica,
+    read_otto,
+    read_retailrocket,
+    read_taobao,
+    read_yoochoose,
+)
 from seqjax.data.prepare import PrepareConfig, prepare
 from seqjax.data.schema import EVENT_ID
 from seqjax.data.timestamps import parse_time
@@ -46,7 +53,7 @@ def run_prepare(fmt, inputs, out, **kw):
 
 
 def unix(text):
-    return int(dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc).timestamp())
+    return int(dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC).timestamp())
 
 
 # --- taobao -------------------------------------------------------------------------------------------------

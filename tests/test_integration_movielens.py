@@ -3,6 +3,7 @@
 import json
 
 from conftest import tiny_config
+
 from seqjax.cli import main
 
 

@@ -9,12 +9,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pytest
-
 from conftest import missing_shared_data
+
 from seqjax.config import ConfigError, from_dict
 from seqjax.data.formats.base import PrepareError
-from seqjax.data.labels import (DAY, Cutoffs, TaskConfig, build_examples, check_time_rule, customer_split,
-                                data_range, resolve_cutoffs)
+from seqjax.data.labels import (
+    DAY,
+    Cutoffs,
+    TaskConfig,
+    build_examples,
+    check_time_rule,
+    customer_split,
+    data_range,
+    resolve_cutoffs,
+)
 from seqjax.data.schema import EVENT_ID, SPLITS
 from seqjax.data.synthetic import simulate
 

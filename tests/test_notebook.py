@@ -2,9 +2,8 @@
 
 
 import nbformat
-from nbclient import NotebookClient
-
 from conftest import REPO
+from nbclient import NotebookClient
 
 
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):

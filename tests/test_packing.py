@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from conftest import tiny_config
+
 from seqjax import config as config_lib
 from seqjax.data.packing import first_fit_decreasing, packed_rows
 from seqjax.data.pipeline import TrainBatches, TrainBatchSpec, records

@@ -4,7 +4,6 @@ import argparse
 import json
 import time
 
-
 from conftest import missing_shared_data
 
 from seqjax.data.prepare import add_prepare_arguments, run_prepare

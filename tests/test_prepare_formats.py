@@ -9,8 +9,8 @@ import pytest
 
 from seqjax.data.clean import RowRules, validate
 from seqjax.data.formats import Columns, PrepareError, read_generic, read_movielens, read_sasrec
-from seqjax.data.formats.generic import _read_quoted_csv, _column_index
 from seqjax.data.formats.base import read_delimited
+from seqjax.data.formats.generic import _column_index, _read_quoted_csv
 from seqjax.data.schema import EVENT_ID
 from seqjax.data.timestamps import parse_columns, parse_time
 
@@ -18,7 +18,7 @@ RANGE = (parse_time("1990-01-01", "t"), parse_time("2030-01-01", "t"))
 
 
 def unix(text: str) -> int:
-    return int(dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc).timestamp())
+    return int(dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC).timestamp())
 
 
 def clean(table, **rules):
@@ -205,7 +205,7 @@ def test_parse_time_forms():
 
 
 def test_small_blocks_read_the_same_as_one_block(tmp_path, monkeypatch):
-    import seqjax.data.formats.base as base
+    from seqjax.data.formats import base
     path = tmp_path / "s.txt"
     path.write_bytes("\ufeff".encode() + "".join(f"u{k} é{k}\r\n" if k % 5 else "\n" for k in range(50)).encode()
                      + b"last 1")  # BOM, CRLF, blank lines, no final newline

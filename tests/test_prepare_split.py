@@ -135,7 +135,7 @@ def test_temporal_respects_cuts(tmp_path, log, cuts):
 
 def test_temporal_oov_target_and_empty_history(tmp_path):
     path = tmp_path / "t.csv"
-    day = lambda d: T0 + d * DAY  # noqa: E731
+    day = lambda d: T0 + d * DAY
     path.write_text("user_id,item_id,timestamp\n"
                     f"a,x,{day(0)}\na,y,{day(1)}\na,new,{day(5)}\n"  # a: OOV test target
                     f"b,x,{day(2)}\nb,y,{day(3)}\nb,x,{day(6)}\n"

@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax.evaluation.ranking import (miss_rank, ranking_metrics, repeat_target_share,
-                                       target_ranks)
+from seqjax.evaluation.ranking import miss_rank, ranking_metrics, repeat_target_share, target_ranks
 
 KS = (1, 2, 5, 10, 20)
 

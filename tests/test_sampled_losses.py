@@ -10,9 +10,17 @@ import pytest
 
 from seqjax.config import ConfigError
 from seqjax.train.losses import dense_softmax_loss, full_softmax_loss
-from seqjax.train.sampled_losses import (LossConfig, gbce_beta, gbce_loss, in_batch_softmax_loss, make_loss,
-                                         popularity_from_counts, sample_items, sampled_softmax_loss,
-                                         softmax_over_candidates)
+from seqjax.train.sampled_losses import (
+    LossConfig,
+    gbce_beta,
+    gbce_loss,
+    in_batch_softmax_loss,
+    make_loss,
+    popularity_from_counts,
+    sample_items,
+    sampled_softmax_loss,
+    softmax_over_candidates,
+)
 
 # Every comparison of a float32 loss or gradient with its reference uses these.
 RTOL, ATOL = 1e-5, 1e-6

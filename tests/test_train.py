@@ -10,8 +10,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
 from conftest import REPO, TINY_OVERRIDES, tiny_config
+
 from seqjax.train.checkpoint import CheckpointStore
 from seqjax.train.loop import Trainer, TrainingDiverged, train
 from seqjax.train.run_dir import RunDirError

@@ -30,7 +30,7 @@ _ZONE = r"(Z|[+-]\d{2}(:?\d{2})?)$"
 BAD, NUMBER, ISO = 0, 1, 2
 
 
-def parse_time(text: str | int | float, what: str, tzinfo: dt.tzinfo = dt.timezone.utc,
+def parse_time(text: str | float, what: str, tzinfo: dt.tzinfo = dt.UTC,
                error: type[ValueError] = PrepareError) -> int:
     """One time given by a person (config, cut, range bound): ISO date/time or unix seconds -> seconds.
 
@@ -53,7 +53,7 @@ def parse_time(text: str | int | float, what: str, tzinfo: dt.tzinfo = dt.timezo
 
 def iso(seconds: int) -> str:
     """Unix seconds -> '2017-11-25T10:00:00Z'."""
-    return dt.datetime.fromtimestamp(int(seconds), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.fromtimestamp(int(seconds), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def classify(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:

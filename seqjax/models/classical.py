@@ -52,13 +52,13 @@ import json
 import pickle
 import platform
 import re
+from importlib.metadata import version
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from importlib.metadata import version
 
 ID_COLUMNS = ("user", "item", "cutoff", "label", "split")  # never features
 LOG1P_PATTERN = re.compile(r"^(pair_)?(n_|secs_since_|distinct_|purchase_value_|mean_session_)")
