@@ -67,12 +67,6 @@ from seqjax.train.task_config import SequenceTaskConfig
 from seqjax.train.task_data import SideTable, TaskData, attach, bind, resolve_data, side_table
 from seqjax.train.tensorboard import ScalarWriter
 
-    # "" = data_path, whose task must then be this head
-
-
-    # task runs keep no item counts for popularity sampling)
-
-
 # -- model, losses and the jitted functions ---------------------------------------------------------
 
 def build_model(cfg: SequenceTaskConfig, data: TaskData) -> MultiTaskModel:
