@@ -347,7 +347,7 @@ def test_tied_validation_keeps_the_later_step_as_the_checkpoint_store_does(data,
 
 
 def test_config_errors_name_the_field(data):
-    with pytest.raises(ValueError, match=r"model\.event_encoder\.dim=0"):
+    with pytest.raises(ValueError, match=r"sequence_task\.encoder\.dim=0"):
         EventEncoderConfig(dim=0).validate()
     without_items = EventEncoderConfig(features=("events", "hour"))
     with pytest.raises(ConfigError, match=r"sequence_task\.encoder\.features must include 'items' for the "
@@ -365,6 +365,9 @@ def test_config_errors_name_the_field(data):
         SequenceTaskConfig(heads=("purchase", "next_item"), encoder=bidirectional).validate()
     with pytest.raises(ConfigError, match=r"sequence_task\.churn\.data: .* holds purchase labels"):
         resolve_data(tiny(data["purchase"], heads=("churn",)))
+    same = dataclasses.replace(SequenceTaskConfig().churn, data=str(data["purchase"]))  # data_path, named again
+    with pytest.raises(ConfigError, match=r"sequence_task\.churn\.data: .* holds purchase labels"):
+        resolve_data(tiny(data["purchase"], heads=("purchase", "churn"), churn=same))
     with pytest.raises(ConfigError, match=r"sequence_task\.churn\.data: .* holds purchase labels at user_item level"):
         resolve_data(tiny(data["purchase"], heads=("purchase", "churn"),
                           churn=dataclasses.replace(SequenceTaskConfig().churn, data=str(data["pair"]))))

@@ -147,6 +147,15 @@ def test_verify_prints_the_sha256_of_a_local_file(tmp_path, capsys):
     assert "nope.jsonl" in capsys.readouterr().err
 
 
+def test_verify_names_the_folder_above_a_subfolder_file(tmp_path, capsys):
+    path = tmp_path / "ml-1m" / "ratings.dat"  # ml-1m's files sit in a subfolder of DIR
+    path.parent.mkdir()
+    path.write_text("1::2::3::978300760\n")
+    assert main(["download", "ml-1m", "--verify", str(path)]) == 0
+    assert f"next: seqjax prepare --format movielens --input {tmp_path.as_posix()}/ml-1m/ratings.dat" \
+        in capsys.readouterr().out
+
+
 def test_verify_checks_a_pinned_archive(tmp_path, capsys):
     path = make_zip(tmp_path / "ml-1m.zip", {"ml-1m/ratings.dat": "1::2::3::4\n"})
     assert main(["download", "ml-1m", "--verify", str(path)]) == 2

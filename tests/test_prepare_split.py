@@ -87,6 +87,7 @@ def test_loo_matches_reference_and_never_trains_on_targets(tmp_path, log):
     assert meta["counts"]["train"]["events"] == sum(len(s) if len(s) < 3 else len(s) - 2 for s in ref.values())
     repeats = sum(seq[-1][0] in {i for i, _ in seq[:-1]} for seq in ref.values() if len(seq) >= 3) / n_eval
     assert meta["repeat_target_share"]["test"] == pytest.approx(repeats)
+    assert meta["train_has_repeats"] is any(len({i for i, _ in h}) < len(h) for h, *_ in train.values())
     assert meta["train_has_repeats"] is True
 
 
@@ -150,6 +151,15 @@ def test_temporal_oov_target_and_empty_history(tmp_path):
     assert users["late"] not in {r.user for r in read_split(tmp_path / "out", "train")}
     assert meta["oov_target_share"]["test"] == pytest.approx(1 / 3)
     assert meta["num_items"] == 2
+
+
+def test_train_has_repeats_reads_only_the_training_records(tmp_path):
+    # u: x y z x -> trains on x y; the repeated x is the test target only, so filter_seen=auto filters
+    path = tmp_path / "r.csv"
+    path.write_text("user_id,item_id,timestamp\n" + "".join(f"u,{i},{T0 + k}\n" for k, i in enumerate("xyzx")))
+    assert run(path, tmp_path / "out")["train_has_repeats"] is False
+    path.write_text("user_id,item_id,timestamp\n" + "".join(f"u,{i},{T0 + k}\n" for k, i in enumerate("xxyz")))
+    assert run(path, tmp_path / "out2")["train_has_repeats"] is True
 
 
 def test_temporal_errors(tmp_path):

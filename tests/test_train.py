@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import REPO, TINY_OVERRIDES, tiny_config
 
+from seqjax.evaluation.evaluate import evaluate
 from seqjax.train.checkpoint import CheckpointStore
 from seqjax.train.loop import Trainer, TrainingDiverged, train
 from seqjax.train.run_dir import RunDirError
@@ -87,6 +88,9 @@ def test_corrupted_latest_checkpoint_falls_back(tiny_data, tmp_path, capsys):
     victim = max((p for p in (tmp_path / "checkpoints" / str(latest)).rglob("*") if p.is_file()
                   and p.name != "seqjax_manifest.json"), key=lambda p: p.stat().st_size)
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # truncated
+    # evaluate --checkpoint latest passes over it too, to the newest intact step
+    card = evaluate(tmp_path, "valid", "latest")["protocol"]["checkpoint"]
+    assert card["step"] == max(s for s in store.all_steps() if s != latest) < latest
     more = tiny_config(tiny_data, "train.epochs=3", "train.checkpoint_every_steps=2")
     trainer = Trainer(more, tmp_path, allow_config_change=True)
     _, progress, resumed = trainer._restore()

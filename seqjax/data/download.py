@@ -202,8 +202,10 @@ def verify(name: str, path: Path) -> str:
         if sha256 != d.sha256:
             raise DownloadError(f"{path}: sha256 does not match the pinned {d.sha256}")
         print("matches the pinned checksum")
-    if path.name in d.files:
-        print(f"next: {next_command(name, path.parent)}")
+    for f in d.files:  # files may sit in a subfolder of DIR (ml-1m/ratings.dat): DIR is above it
+        if path.as_posix().endswith("/" + f) or path.as_posix() == f:
+            print(f"next: {next_command(name, path.parents[len(Path(f).parts) - 1])}")
+            break
     return sha256
 
 

@@ -416,7 +416,6 @@ def build_examples(user: np.ndarray, item: np.ndarray, ts: np.ndarray, event: np
         counts.append({"cutoff": local_iso(c, cfg.timezone), "unix": c, "split": cutoffs.splits[k],
                        "examples": len(keep), "positives": int(label.sum()), "users": len(users),
                        "users_with_examples": int(active.sum()),
-                       "excluded_users": {"no_events_before_cutoff": int((~before).sum()),
-                                          "no_events_in_feature_window": int((before & ~active).sum())}})
+                       "excluded_users": dict(zip(EXCLUDED, (int((~before).sum()), int((before & ~active).sum()))))})
     cols = [np.concatenate(p) for p in zip(*parts)]
     return Examples(*cols, cutoffs=cutoffs, counts=counts, cfg=cfg)

@@ -209,7 +209,7 @@ def prepare(cfg: PrepareConfig, *, command: str | None = None, echo: bool = True
         report_dict["task_per_cutoff"] = section["protocol"]["per_cutoff"]
     (out / "report.json").write_text(json.dumps(report_dict, indent=2, ensure_ascii=False) + "\n")
     meta = _metadata(resolved, inputs, tables, split, report_dict, has_timestamps, unit, time_range,
-                     repeats=has_repeats(events),
+                     repeats=has_repeats(split.records["train"]),
                      command=command if command is not None else shlex.join(sys.argv))
     if section is not None:
         meta["task"] = section

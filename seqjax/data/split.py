@@ -39,7 +39,7 @@ class Split:
     users: pa.Array  # raw user id of user u at [u]
     items: pa.Array  # raw item id of item i at [i - 1]
     categories: pa.Array  # raw category id of category c at [c - 1]
-    stats: dict[str, dict]  # split -> records, events, targets, repeat_target_share, oov_*
+    stats: dict[str, dict]  # split -> records, events, repeat_target_share, oov_*
     protocol: dict  # kind, and for temporal the cuts (ISO, unix, how chosen)
 
 
@@ -66,9 +66,14 @@ def resolve_cut(spec: str, timestamps: np.ndarray, what: str) -> tuple[int, str]
     return parse_time(text, what), "given"
 
 
-def has_repeats(events: Events) -> bool:
-    """Does any (user, item) pair occur more than once in the clean events?"""
-    key = events.user * max(len(events.item_names), 1) + events.item
+def has_repeats(records: list[SequenceRecord]) -> bool:
+    """Does any record's history hold an item twice? On the training records this decides filter_seen=auto
+    without looking at the evaluation targets."""
+    if not records:
+        return False
+    items = np.concatenate([r.items for r in records]).astype(np.int64)
+    record = np.repeat(np.arange(len(records), dtype=np.int64), [len(r.items) for r in records])
+    key = record * (int(items.max(initial=0)) + 1) + items
     return len(np.unique(key)) < len(key)
 
 

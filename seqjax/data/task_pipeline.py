@@ -18,8 +18,7 @@ Every batch is a dict of numpy arrays, B rows (a last partial batch is filled wi
 
 Histories are the most recent T events before the cutoff; T is the smallest length bucket that fits the
 batch's longest history (buckets default to (max_len,): one shape). hour, weekday, session_position and
-gap_bucket start at 0 like item ids' padding, so a model that embeds them adds 1 and keeps lengths as
-the mask.
+gap_bucket use 0 as a real value, so a model masks padding with lengths (seqjax.models.event_encoder).
 """
 
 from __future__ import annotations

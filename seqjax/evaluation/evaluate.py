@@ -33,13 +33,21 @@ def _choose_step(store, checkpoint: str) -> tuple[int, str]:
         best = store.best_step()
         if best is not None:
             return best, f"best validation {store.best_metric} over the run's checkpoints"
-        return max(steps), "latest (the run has no validation metric, so no best checkpoint)"
+        return _latest_intact(store), "latest (the run has no validation metric, so no best checkpoint)"
     if checkpoint == "latest":
-        return max(steps), "latest, as asked (--checkpoint latest)"
+        return _latest_intact(store), "latest, as asked (--checkpoint latest)"
     step = int(checkpoint)
     if step not in steps:
         raise run_dir.RunDirError(f"checkpoint step {step} not kept; available: {sorted(steps)}")
     return step, f"step {step}, as asked"
+
+
+def _latest_intact(store) -> int:
+    """The newest checkpoint that verifies: a corrupted or truncated newer one is passed over, as resume does."""
+    step = store.latest_intact_step()
+    if step is None:
+        raise run_dir.RunDirError(f"no intact checkpoint under {store.directory}: every one fails verification")
+    return step
 
 
 def evaluate(workdir: str | Path, split: str = "valid", checkpoint: str = "best",

@@ -37,7 +37,7 @@ class MarkovConfig:
 
     def validate(self) -> None:
         if self.backoff < 0:
-            raise ValueError(f"markov.backoff={self.backoff} must be >= 0")
+            raise ValueError(f"model.markov.backoff={self.backoff} must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,11 +54,11 @@ class ItemKNNConfig:
     def validate(self) -> None:
         for name in ("window", "neighbours", "history_len"):
             if getattr(self, name) < 0:
-                raise ValueError(f"itemknn.{name}={getattr(self, name)} must be >= 0")
+                raise ValueError(f"model.itemknn.{name}={getattr(self, name)} must be >= 0")
         if self.shrink < 0 or self.backoff < 0:
-            raise ValueError("itemknn.shrink and itemknn.backoff must be >= 0")
+            raise ValueError("model.itemknn.shrink and model.itemknn.backoff must be >= 0")
         if not 0.0 < self.decay <= 1.0:
-            raise ValueError(f"itemknn.decay={self.decay} must be in (0, 1]")
+            raise ValueError(f"model.itemknn.decay={self.decay} must be in (0, 1]")
 
 
 class Baseline(Protocol):

@@ -55,7 +55,7 @@ HEADS = ("next_item", *BINARY_HEADS)
 
 @dataclasses.dataclass(frozen=True)
 class EventEncoderConfig:
-    section: ClassVar[str] = "event_encoder"  # config path, for error messages
+    section: ClassVar[str] = "sequence_task.encoder"  # config path, for error messages
     kind: Literal["gru", "lstm", "transformer"] = "gru"  # the sequence encoder over the event embeddings
     dim: int = 64  # embedding and state width D
     layers: int = 1  # stacked GRU/LSTM layers (recurrent kinds)
@@ -71,7 +71,7 @@ class EventEncoderConfig:
     attention: Implementation = "reference"  # attention implementation (transformer)
 
     def validate(self) -> None:
-        p = f"model.{self.section}"
+        p = self.section
         if self.kind not in ("gru", "lstm", "transformer"):
             raise ValueError(f"{p}.kind={self.kind!r} must be one of gru, lstm, transformer")
         for name in ("dim", "layers", "blocks", "heads", "ffn_mult", "max_session_position"):
@@ -244,10 +244,10 @@ class MultiTaskModel(nnx.Module):
         if unknown or not heads:
             raise ValueError(f"heads must be a non-empty subset of {list(HEADS)}, got {list(heads)}")
         if "next_item" in heads and cfg.kind == "transformer" and not cfg.causal:
-            raise ValueError(f"model.{cfg.section}.causal=false: the next_item head needs a causal encoder")
+            raise ValueError(f"{cfg.section}.causal=false: the next_item head needs a causal encoder")
         item_heads = [h for h in heads if h == "next_item" or h in candidate_heads]
         if item_heads and "items" not in cfg.features:
-            raise ValueError(f"model.{cfg.section}.features must include 'items' for the {item_heads} head(s): "
+            raise ValueError(f"{cfg.section}.features must include 'items' for the {item_heads} head(s): "
                              "they score items against its table")
         self.heads = tuple(h for h in HEADS if h in heads)
         self.binary_heads = tuple(h for h in BINARY_HEADS if h in heads)

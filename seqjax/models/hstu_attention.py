@@ -52,7 +52,6 @@ from seqjax.models.blockwise_attention import (
     _write,
 )
 
-HSTUImplementation = Literal["reference", "blockwise"]
 HSTU_IMPLEMENTATIONS: tuple[str, ...] = ("reference", "blockwise")  # cuDNN has no HSTU kernel
 Normalizer = Literal["length", "causal"]
 NORMALIZERS: tuple[str, ...] = ("length", "causal")

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-RECENCY_BUCKETS = 16  # log2 buckets of the distance t - s in events: 0, 1, 2-3, 4-7, ... (enough for 2^15)
+RECENCY_BUCKETS = 16  # log2 buckets of the distance t - s in events: 0, 1-2, 3-6, 7-14, ... (enough for 2^15)
 # Stands in for log 0 where a position is hidden: finite, so masked rows (padding) keep finite gradients.
 NEG = -1e30
 

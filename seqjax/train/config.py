@@ -15,7 +15,6 @@ from seqjax.models.recurrent import GRU4RecConfig, LSTMConfig
 from seqjax.models.sasrec import SASRecConfig
 from seqjax.train.sampled_losses import LossConfig
 
-NEURAL_KINDS = ("sasrec", "bert4rec", "hstu", "gru4rec", "lstm")
 COUNT_KINDS = ("pop", "markov", "itemknn")  # fitted in one pass, no epochs, no checkpoints
 ATTENTION_KINDS = ("sasrec", "bert4rec", "hstu")
 # kind -> its attention, for kinds whose attention cuDNN (and jax.nn.dot_product_attention) cannot run
@@ -80,7 +79,7 @@ class OptimConfig:
     lr: float = 1e-3  # peak learning rate
     schedule: Literal["constant", "cosine", "linear"] = "constant"  # decay after warmup
     warmup_steps: int = 100  # linear warmup from 0
-    decay_steps: int = 0  # steps of cosine/linear decay; 0 = the run's max steps
+    decay_steps: int = 0  # step at which the decay ends (warmup included); 0 = epochs x steps per epoch
     weight_decay: float = 0.0  # decoupled (AdamW) weight decay
     b1: float = 0.9
     b2: float = 0.98
@@ -97,8 +96,8 @@ class TrainConfig:
     metric: str = NEXT_ITEM_DEFAULT_METRIC  # validation metric for early stopping and the best checkpoint;
     # next_item: HR@K, NDCG@K or MRR; purchase/churn: PR-AUC (the default there: NDCG@10 reads as PR-AUC),
     # ROC-AUC or log_loss (lower is better)
-    eval_every_epochs: int = 1  # validate (and checkpoint) every this many epochs
-    checkpoint_every_steps: int = 0  # extra checkpoints inside an epoch; 0 = only after validation
+    eval_every_epochs: int = 1  # validate every this many epochs (a checkpoint is saved after every epoch)
+    checkpoint_every_steps: int = 0  # extra checkpoints inside an epoch; 0 = only at epoch ends
     keep_latest: int = 2  # latest checkpoints kept
     keep_best: int = 1  # best checkpoints (by metric) kept
     loss_norm: Literal["batch", "epoch"] = "batch"  # divide each batch's summed loss by its own real

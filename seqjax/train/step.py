@@ -99,8 +99,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
         # The finite flag is computed on device and read a step late: no host sync per step.
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
-        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]), "finite": finite,
-                   "positions": jnp.sum(batch["weights"])}
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]), "finite": finite}
         return new, metrics
 
     rep = sharding.replicated(mesh)

@@ -27,6 +27,7 @@ class BinaryHeadConfig:
     weight: float = 1.0  # weight of this head's BCE in the total loss
     pos_weight: float = 1.0  # BCE weight of positive examples (e.g. negatives / positives when positives are rare)
     data: str = ""  # prepared DATA_DIR (--task <this head>, user level) holding this head's labels;
+    # "" = data_path, whose task must then be this head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +35,10 @@ class NextItemHeadConfig:
     weight: float = 0.1  # weight of the next-item softmax loss in the total loss
     loss_chunk: int = 512  # positions scored at once by the full-softmax loss
     repeat: bool = False  # repeat-explore mixture (seqjax.models.repeat_head): a gate chooses between the
-    # user's own history items (attention over past events) and the rest of the catalogue; for shop logs
+    # user's own history items (attention over past events) and the rest of the catalogue; for shop logs,
+    # where users often come back to items they viewed or bought
     loss: LossConfig = LossConfig()  # full softmax, or sampled / gbce for large catalogues (uniform negatives:
+    # task runs keep no item counts for popularity sampling)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +62,7 @@ class SequenceTaskConfig:
     epochs: int = 20  # maximum epochs (one epoch = every training example once)
     patience: int = 3  # stop after this many evaluations without improvement; 0 = never
     metric: str = "PR-AUC"  # validation metric (seqjax.evaluation.binary.METRICS), averaged over the binary heads
-    eval_every_epochs: int = 1  # validate (and checkpoint) every this many epochs
+    eval_every_epochs: int = 1  # validate every this many epochs (a checkpoint is saved after every epoch)
     checkpoint_every_steps: int = 0  # extra checkpoints inside an epoch; 0 = only at epoch ends
     keep_latest: int = 2  # latest checkpoints kept
     keep_best: int = 1  # best checkpoints (by metric) kept

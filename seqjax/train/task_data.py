@@ -63,7 +63,7 @@ def resolve_data(cfg: SequenceTaskConfig) -> TaskData:
     sources = {}
     for head in (h for h in BINARY_HEADS if h in heads):
         source = getattr(cfg, head).data
-        if not source:
+        if not source or source == cfg.data_path:
             if task["task"] != head:
                 raise ConfigError(f"{SECTION}.{head}.data: data_path {cfg.data_path} holds {task['task']} labels; "
                                   f"give a directory prepared with --task {head} for the {head} head")
