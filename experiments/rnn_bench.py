@@ -1,7 +1,7 @@
 """GRU4Rec / LSTM encoder speed: input projection inside the scan step vs hoisted before it, scan `unroll`,
 and step time against sequence length (it should be linear in T).
 
-    python experiments/rnn_bench.py [--batch 128] [--dim 64] [--rounds 3]
+    python experiments/rnn_bench.py [--batch 128] [--dim 64] [--rounds 12]
 
 Each row is one jitted forward+backward (value_and_grad over all parameters) of `encode` in training mode
 (dropout on) followed by a next-item-like loss: -log sigmoid(h_t . e_{target_t}) over valid positions;

@@ -1,10 +1,11 @@
 """Short SASRec training probes on ML-1M: the validation NDCG@10 curve of each variant over its first
 epochs, side by side. Used to choose configs/sasrec_ml1m.yaml's settings before full 3-seed runs.
 
-    python experiments/sasrec_probes.py [--epochs 8] [--variants baseline init002 ...] [--data DIR]
+    python experiments/sasrec_probes.py --data DIR [--epochs 8] [--variants baseline init002 ...]
 
 Each variant is `seqjax train` on configs/sasrec_ml1m.yaml with its overrides (one process each, run one
-after another); `baseline` undoes the settings the config now carries. Results of 2026-11-28 (seed 0,
+after another); `baseline` undoes some of the settings the config now carries (the
+later K&V ones, attention dropout, qkv init, LayerNorm eps and packing, stay: these probes predate them). Results of 2026-11-28 (seed 0,
 8 epochs, shared machine; valid NDCG@10 at epochs 4 / 8):
     baseline (LeCun init, batch-mean loss)   0.0261 / 0.0848
     random   (unsorted batches)              0.0392 / 0.0976

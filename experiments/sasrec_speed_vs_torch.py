@@ -1,7 +1,7 @@
 """Seconds per training epoch of SASRec on ML-1M: seqjax next to a plain PyTorch implementation,
 alternated in one run so the shared machine's noise hits both.
 
-    python experiments/sasrec_speed_vs_torch.py --data runs/bench_sasrec_ml1m/data --torch-python PATH [--rounds 2]
+    python experiments/sasrec_speed_vs_torch.py --data runs/table_kv/data --torch-python PATH [--rounds 2]
 
 PATH is a Python with torch installed (torch is not a seqjax dependency).
 """

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 from seqjax import config as config_lib
 
 
@@ -76,7 +78,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from seqjax.evaluation.compare import compare, print_comparison
     metrics = tuple(args.metrics)
-    result = compare(args.a, args.b, metrics, args.resamples)
+    try:
+        result = compare(args.a, args.b, metrics, args.resamples)
+    except ValueError as e:  # evaluations that cannot be paired (other users, protocol or metric): a refusal
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print_comparison(result, args.a, args.b, metrics)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
@@ -151,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     from seqjax.train.run_dir import RunDirError
     try:
         return args.func(args)
-    except (config_lib.ConfigError, RunDirError, TrainingDiverged, FileNotFoundError) as e:
+    except (config_lib.ConfigError, RunDirError, TrainingDiverged, FileNotFoundError, yaml.YAMLError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -22,7 +22,7 @@ def run_demo(out: str | Path, users: int = 2000) -> int:
     print(f"[1/4] generating a synthetic e-commerce log with {users} users -> {log}")
     out.mkdir(parents=True, exist_ok=True)
     print(generate_log(log, num_users=users, seed=0))
-    print(f"[2/4] seqjax prepare --format generic --input {log} --out {data_dir}")
+    print(f"[2/4] seqjax prepare --format generic --input {log} --out {data_dir} --set max_timestamp=2100-01-01")
     parser = argparse.ArgumentParser()
     add_prepare_arguments(parser)
     code = run_prepare(parser.parse_args(["--format", "generic", "--input", str(log), "--out", str(data_dir),

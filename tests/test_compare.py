@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from seqjax.cli import main
 from seqjax.evaluation.compare import compare
 from seqjax.evaluation.ranking import ranking_metrics
 
@@ -41,12 +42,14 @@ def test_paired_difference_is_the_difference_of_per_user_metrics(tmp_path):
     assert same["NDCG@10"]["diff"] == 0 and same["NDCG@10"]["ci"] == [0.0, 0.0]
 
 
-def test_different_protocols_users_or_stale_csvs_are_refused(tmp_path):
+def test_different_protocols_users_or_stale_csvs_are_refused(tmp_path, capsys):
     ranks = np.arange(1, 21)
     a = _write(tmp_path / "a.json", ranks)
     other = _write(tmp_path / "b.json", ranks, filter_seen={"applied": False})
     with pytest.raises(ValueError, match="filter_seen.applied"):
         compare(a, other)
+    assert main(["compare", str(a), str(other)]) == 2  # the CLI refuses in one line, no traceback
+    assert capsys.readouterr().err.startswith("error: ")
     fewer = _write(tmp_path / "c.json", ranks[:10])
     with pytest.raises(ValueError, match="different users"):
         compare(a, fewer)

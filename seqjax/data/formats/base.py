@@ -48,7 +48,8 @@ class RawTable:
     bad_fields: np.ndarray  # int64 [B], how many fields each of those lines had
     expected_fields: int
     blank_lines: int = 0  # empty lines: no data, neither read nor dropped
-    # Money and units, for formats that record them (YooChoose buys, CDNOW); prepare does not use them yet.
+    # Money and units, for formats that record them (YooChoose buys, CDNOW); prepare turns them into the
+# task histories' price_bucket (clean.py, task_prepare.py).
     price: pa.Array | None = None  # string [R] as written; the reader's docstring says unit price or row total
     quantity: pa.Array | None = None  # string [R] as written: units in the row
 

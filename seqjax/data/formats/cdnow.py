@@ -1,13 +1,14 @@
 """CDNOW master (Fader & Hardie): `customer_id date number_of_cds dollar_value`, whitespace-separated,
 with or without a header line (a first line without any digit is a header), dates as YYYYMMDD.
 
-CDNOW records purchases, not items: every row gets the one placeholder item id `ITEM` and the event
+CDNOW records purchases, not items: every row gets the one placeholder item id `cd` (ITEM) and the event
 `purchase`. Dates become ISO `YYYY-MM-DD` (midnight UTC) for timestamps.py; a date not made of 8 digits is
 kept as written, and fails there as a bad timestamp. `quantity` is number_of_cds and `price` is
 dollar_value, the row's total (CDNOW gives no unit price).
 
 With one item and day-resolution times, two purchases by a customer on one day are identical rows, which
-prepare's `drop_duplicates` would drop: set `drop_duplicates: false` to count every purchase.
+prepare's `drop_duplicates` would drop. It is off by default for cdnow with a task; without `--task`, set
+`drop_duplicates: false` to count every purchase.
 """
 
 from __future__ import annotations
