@@ -9,6 +9,7 @@ field's type.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -97,8 +98,9 @@ def from_dict(cls: type[T], mapping: Mapping[str, Any], prefix: str = "") -> T:
             kwargs[name] = _coerce(value, hints[name], prefix + name)
     obj = dataclasses.replace(base, **kwargs)
     if hasattr(obj, "validate"):
-        try:
-            obj.validate()
+        try:  # configs that can sit at several paths (LossConfig) take theirs, for the message
+            takes_prefix = "prefix" in inspect.signature(obj.validate).parameters
+            obj.validate(prefix=prefix.rstrip(".")) if takes_prefix and prefix else obj.validate()
         except ConfigError:
             raise
         except ValueError as e:  # model configs raise plain ValueError; surface them as config errors

@@ -365,3 +365,15 @@ def test_make_loss_dispatches_each_kind():
     assert str(jax.make_jaxpr(cases[1][1])(*args)) != str(jax.make_jaxpr(cases[2][1])(*args))
     with pytest.raises(ValueError, match="popularity"):
         make_loss(LossConfig(kind="sampled", sampler="popularity"))(*args[:5])
+
+
+def test_loss_config_errors_name_where_the_config_sits(tmp_path):
+    from seqjax import config as config_lib
+    from seqjax.train.config import ExperimentConfig
+    from seqjax.train.task_config import SequenceTaskRun
+    path = tmp_path / "c.yaml"
+    path.write_text("sequence_task:\n  next_item:\n    loss:\n      num_negatives: 0\n")
+    with pytest.raises(ConfigError, match=r"^sequence_task\.next_item\.loss\.num_negatives=0"):
+        config_lib.load(SequenceTaskRun, str(path), [])
+    with pytest.raises(ConfigError, match=r"^train\.loss\.num_negatives=0"):
+        config_lib.from_dict(ExperimentConfig, {"train": {"loss": {"num_negatives": 0}}})

@@ -276,18 +276,19 @@ class LossConfig:
         return ((self.kind == "sampled" and self.sampler == "popularity")
                 or (self.kind == "in_batch" and self.in_batch_logq))
 
-    def validate(self, num_items: int | None = None) -> None:
-        """Raises ConfigError (a ValueError) naming the field; `num_items` adds the checks that need V."""
+    def validate(self, num_items: int | None = None, prefix: str = "train.loss") -> None:
+        """Raises ConfigError (a ValueError) naming the field under `prefix` (where this config sits: train.loss,
+        sequence_task.next_item.loss); `num_items` adds the checks that need V."""
         if self.kind not in ("full", "sampled", "in_batch", "gbce"):
-            raise ConfigError(f"train.loss.kind={self.kind!r}: use full, sampled, in_batch or gbce")
+            raise ConfigError(f"{prefix}.kind={self.kind!r}: use full, sampled, in_batch or gbce")
         if self.sampler not in ("uniform", "popularity"):
-            raise ConfigError(f"train.loss.sampler={self.sampler!r}: use uniform or popularity")
+            raise ConfigError(f"{prefix}.sampler={self.sampler!r}: use uniform or popularity")
         if self.num_negatives < 1:
-            raise ConfigError(f"train.loss.num_negatives={self.num_negatives} must be at least 1")
+            raise ConfigError(f"{prefix}.num_negatives={self.num_negatives} must be at least 1")
         if not 0.0 <= self.gbce_t <= 1.0:
-            raise ConfigError(f"train.loss.gbce_t={self.gbce_t} must be in [0, 1]")
+            raise ConfigError(f"{prefix}.gbce_t={self.gbce_t} must be in [0, 1]")
         if self.kind == "gbce" and num_items is not None and self.num_negatives > num_items - 1:
-            raise ConfigError(f"train.loss.num_negatives={self.num_negatives} exceeds V - 1 = {num_items - 1}"
+            raise ConfigError(f"{prefix}.num_negatives={self.num_negatives} exceeds V - 1 = {num_items - 1}"
                               " (gbce samples at most every other item)")
 
 

@@ -98,7 +98,7 @@ class SequenceTaskConfig:
             raise ConfigError(f"{p}.next_item.repeat=true: next_item is not in {p}.heads={list(self.heads)}")
         if self.next_item.weight < 0 or self.next_item.loss_chunk < 1:
             raise ConfigError(f"{p}.next_item: weight must be >= 0 and loss_chunk >= 1")
-        self.next_item.loss.validate()
+        self.next_item.loss.validate(prefix=f"{SECTION}.next_item.loss")
         if self.next_item.loss.needs_popularity:
             raise ConfigError(f"{p}.next_item.loss: {self.next_item.loss.kind} with these options needs item "
                               "popularity, which task runs do not count; use sampler=uniform (sampled) or "
