@@ -1,7 +1,8 @@
 """What every format reader returns, and the fast line/field splitter they share.
 
-Readers never build a Python object per row: a file is read in large blocks, decoded once, and split
-into lines and fields by Arrow compute kernels. Each row keeps its 1-based physical line number
+The fast paths never build a Python object per row: a file is read in large blocks, decoded once, and
+split into lines and fields by Arrow compute kernels (the quote-aware CSV reader and OTTO's fallback parser,
+for input the fast paths cannot take, do go row by row). Each row keeps its 1-based physical line number
 (header and blank lines counted) so that errors can point into the file.
 """
 
@@ -34,7 +35,8 @@ class RawTable:
     """One input file's data rows, column-wise, as read: trimmed strings, nothing validated yet.
 
     R rows parsed into the expected number of fields; rows with the wrong field count are only
-    listed in `bad_lines`. `timestamp` may also be a numeric or timestamp Arrow array (Parquet).
+    listed in `bad_lines`. `timestamp` may also be a numeric or timestamp Arrow array (Parquet, or
+    diginetica's computed int64 milliseconds).
     """
 
     path: str
