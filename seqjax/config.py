@@ -99,8 +99,10 @@ def from_dict(cls: type[T], mapping: Mapping[str, Any], prefix: str = "") -> T:
     obj = dataclasses.replace(base, **kwargs)
     if hasattr(obj, "validate"):
         try:  # configs that can sit at several paths (LossConfig) take theirs, for the message
-            takes_prefix = "prefix" in inspect.signature(obj.validate).parameters
-            obj.validate(prefix=prefix.rstrip(".")) if takes_prefix and prefix else obj.validate()
+            if prefix and "prefix" in inspect.signature(obj.validate).parameters:
+                obj.validate(prefix=prefix.rstrip("."))
+            else:
+                obj.validate()
         except ConfigError:
             raise
         except ValueError as e:  # model configs raise plain ValueError; surface them as config errors

@@ -173,7 +173,7 @@ def test_out_of_order_events_are_counted_and_sorted(tmp_path):
 
 
 def test_out_of_order_is_counted_within_each_input_file(tmp_path):
-    # Each file is in time order; the second one starts earlier (a clicks and a buys file): nothing counts.
+    # buys' 20 comes before clicks' 30 (files interleave in time: not counted); buys' 5 after its own 20 counts.
     first = write(tmp_path, ["u1,a,1500000010,view", "u1,b,1500000030,view"], name="clicks.csv")
     second = write(tmp_path, ["u1,c,1500000020,purchase", "u1,d,1500000005,purchase"], name="buys.csv")
     out = tmp_path / "out"

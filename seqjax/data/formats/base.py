@@ -51,7 +51,7 @@ class RawTable:
     expected_fields: int
     blank_lines: int = 0  # empty lines: no data, neither read nor dropped
     # Money and units, for formats that record them (YooChoose buys, CDNOW); prepare turns them into the
-# task histories' price_bucket (clean.py, task_prepare.py).
+    # task histories' price_bucket (clean.py, task_prepare.py).
     price: pa.Array | None = None  # string [R] as written; the reader's docstring says unit price or row total
     quantity: pa.Array | None = None  # string [R] as written: units in the row
 
