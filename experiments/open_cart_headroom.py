@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 
 import numpy as np
 import pyarrow.csv as pacsv
@@ -70,6 +71,7 @@ def main() -> None:
     ap.add_argument("--exit-only", action="store_true", help="count a session only when its last event is the cart")
     ap.add_argument("--taobao", metavar="CSV", help="the run's raw UserBehavior file (default: RUN/log.csv, generic)")
     args = ap.parse_args()
+    print("command: python experiments/open_cart_headroom.py " + " ".join(sys.argv[1:]))
     cols = read_taobao(args.taobao) if args.taobao else read_generic(f"{args.run}/log.csv")
     order = np.lexsort((cols["ts"], cols["user"]))
     log = {k: v[order] for k, v in cols.items()}

@@ -36,7 +36,7 @@ def records(data_dir: str | os.PathLike, split: str) -> grain.MapDataset:
 
 def default_buckets(max_len: int) -> tuple[int, ...]:
     """16, 32, 64, then every 32 below max_len, and max_len itself: few compiled shapes, and on
-    ML-1M ~90% of padded positions real (vs ~80% with powers of two, ~54% unbucketed)."""
+    ML-1M (batch 128, sort_window 32) 85% of padded positions real (81% with powers of two, 53% unbucketed)."""
     sizes = [b for b in (16, 32) if b < max_len]
     b = 64
     while b < max_len - 16:  # a bucket just below max_len saves little

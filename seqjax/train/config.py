@@ -81,8 +81,8 @@ class OptimConfig:
     warmup_steps: int = 100  # linear warmup from 0
     decay_steps: int = 0  # step at which the decay ends (warmup included); 0 = epochs x steps per epoch
     weight_decay: float = 0.0  # decoupled (AdamW) weight decay
-    b1: float = 0.9
-    b2: float = 0.98
+    b1: float = 0.9  # Adam's first-moment decay
+    b2: float = 0.98  # Adam's second-moment decay (torch's default is 0.999)
     clip_norm: float = 1.0  # global gradient-norm clipping; 0 = off
 
 
