@@ -3,8 +3,10 @@ every encoder kind beats a constant predictor, the user_item head ranks a user's
 nothing, a resumed run is bit-identical, and the multi-task model trains all its heads and predicts every
 example once. Compiles dominate the run time: runs are shared through module fixtures."""
 
+import csv
 import dataclasses
 import shutil
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -12,7 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from flax import nnx
+from sklearn.metrics import roc_auc_score
 
+from seqjax.cli import _is_sequence_task_config
 from seqjax.config import ConfigError
 from seqjax.data.prepare import PrepareConfig, prepare
 from seqjax.data.synthetic import Behaviour, generate_log
@@ -110,8 +114,6 @@ def test_each_encoder_beats_a_constant_predictor(kind, kind_runs):
         assert summary["epochs"] == summary["best_epoch"] + 1 < 3
     else:
         assert summary["stopped"] == "reached epochs=3" and summary["epochs"] == 3
-    if kind == "gru":  # valid PR-AUC 0.303 after epoch 1, 0.296 after epoch 2
-        assert summary["stopped"].startswith("early stop") and summary["epochs"] == 2
     assert summary["best_valid"]["purchase/ROC-AUC"] > MIN_AUC, summary["best_valid"]
     loss = _losses(workdir, "train/purchase_loss")
     assert loss[-3:].mean() < loss[:3].mean()
@@ -441,18 +443,26 @@ def test_cli_trains_and_evaluates_a_shipped_sequence_config(data, tmp_path, caps
     assert cli.main(["evaluate", "--workdir", run, "--split", "test", "--task", "purchase", "--json", str(out)]) == 0
     assert "task=purchase" in capsys.readouterr().out
     result = json.loads(out.read_text())
-    assert result["protocol"]["task"]["head"] == "purchase" and 0.0 <= result["metrics"]["ROC-AUC"] <= 1.0
+    assert result["protocol"]["task"]["head"] == "purchase"
+    with open(tmp_path / "test.per_example.csv") as f:  # the card's ROC-AUC is its saved scores' ROC-AUC
+        rows = list(csv.DictReader(f))
+    labels, probs = [int(r["label"]) for r in rows], [float(r["prob"]) for r in rows]
+    assert result["metrics"]["ROC-AUC"] == pytest.approx(roc_auc_score(labels, probs), rel=1e-9)
     assert cli.main(["evaluate", "--workdir", run, "--split", "test", "--task", "churn"]) == 2
 
 
-@pytest.mark.parametrize("name", ["purchase_lstm_taobao", "churn_lstm_cdnow", "multitask_lstm_taobao"])
-def test_shipped_sequence_task_configs_load(name):
-    from pathlib import Path
+SEQUENCE_TASK_CONFIGS = [p for p in sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+                         if _is_sequence_task_config(str(p))]
 
+
+def test_the_sequence_task_configs_are_found():
+    assert {p.stem for p in SEQUENCE_TASK_CONFIGS} >= {"purchase_lstm_taobao", "churn_lstm_cdnow",
+                                                        "multitask_lstm_taobao"}
+
+
+@pytest.mark.parametrize("path", SEQUENCE_TASK_CONFIGS, ids=lambda p: p.name)
+def test_shipped_sequence_task_configs_load(path):
     from seqjax import config as config_lib
-    from seqjax.cli import _is_sequence_task_config
     from seqjax.train.task_config import SequenceTaskRun
-    path = Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml"
-    assert _is_sequence_task_config(str(path))
     cfg = config_lib.load(SequenceTaskRun, path, ["sequence_task.data_path=x"]).sequence_task
-    assert cfg.encoder.kind == "lstm"
+    assert cfg.encoder.kind in path.stem.split("_")

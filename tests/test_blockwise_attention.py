@@ -194,5 +194,5 @@ def test_no_t_by_t_array_forward_or_backward(causal):
     assert _largest_array(dense)[0] >= t * t
     # XLA's buffer assignment agrees: its scratch memory stays far below one [T, T] float32 array.
     analysis = jax.jit(fast).lower(x, x, x).compile().memory_analysis()
-    if analysis is not None:
-        assert analysis.temp_size_in_bytes < t * t * 4 // 8, analysis.temp_size_in_bytes
+    assert analysis is not None  # available on XLA:CPU in this jax
+    assert analysis.temp_size_in_bytes < t * t * 4 // 8, analysis.temp_size_in_bytes

@@ -240,8 +240,22 @@ def test_cdnow_calibration_and_holdout(shared_data_dir):
     cohort = rfm.first < int(dt.datetime(1997, 4, 1, tzinfo=dt.UTC).timestamp())
     assert cohort.all() and len(rfm.user) == 23_570
     assert rfm.x.sum() == 24_337
+    # counted plainly: repeat transactions = distinct purchase days before the cutoff, less the first
+    days = {}
+    for u, s in zip(user.tolist(), ts.tolist()):
+        days.setdefault(u, set()).add(s // DAY)
+    assert sum(len({d for d in ds if d * DAY < cutoff}) - 1 for ds in days.values()) == 24_337
+    assert sum(len({d for d in ds if cutoff <= d * DAY < end}) for ds in days.values()) == 19_684
     fit = fit_bgnbd(rfm.x, rfm.t_x, rfm.T)
     assert fit.converged
+    # a maximum: moving any parameter 1% either way lowers the summed log-likelihood
+    theta = fit.params.as_array()
+    best = btyd.log_likelihood(fit.params, rfm.x, rfm.t_x, rfm.T).sum()
+    np.testing.assert_allclose(best, fit.log_likelihood, rtol=1e-12)
+    for i in range(4):
+        for step in (0.99, 1.01):
+            moved = btyd.BGNBDParams(*np.where(np.arange(4) == i, theta * step, theta))
+            assert btyd.log_likelihood(moved, rfm.x, rfm.t_x, rfm.T).sum() < best, (i, step)
     np.testing.assert_allclose(fit.params.as_array(), [0.25066, 4.7650, 0.74602, 2.2160], rtol=1e-4)
     np.testing.assert_allclose(fit.log_likelihood, -95443.79, atol=0.01)
     actual = count_between(rfm.user, user, ts, cutoff, end)

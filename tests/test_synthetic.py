@@ -152,8 +152,16 @@ def test_stats_match_the_file(small_log):
     recomputed = log_stats(encoded)
     for key, value in recomputed.items():
         assert stats[key] == value, key
+    # and the same figures counted plainly, without log_stats
     assert stats["events"] == len(log["user"])
-    assert stats["event_counts"]["purchase"] == int((log["event"] == "purchase").sum())
+    assert stats["event_counts"] == {e: list(log["event"]).count(e)
+                                     for e in ("view", "search", "cart", "favourite", "purchase")}
+    assert stats["users"] == len(set(log["user"])) and stats["items"] == len(set(log["item"]))
+    seen, repeats = set(), 0
+    for pair in zip(log["user"], log["item"]):
+        repeats += pair in seen
+        seen.add(pair)
+    assert stats["repeat_share"] == pytest.approx(repeats / len(log["user"]), rel=1e-12)
     first = datetime.datetime.fromisoformat(stats["first_time"]).timestamp()
     assert first == log["timestamp"].min()
 

@@ -150,7 +150,9 @@ def test_evaluate_refuses_other_data(tiny_data, tmp_path):
 def test_count_models_train_and_evaluate_with_the_same_card(kind, tiny_data, tmp_path):
     from seqjax.evaluation.evaluate import evaluate
     summary = train(tiny_config(tiny_data, f"model.kind={kind}"), tmp_path)
-    assert summary["best_valid"]["NDCG@10"] > 0.0
+    # the fitted artefact, loaded again by evaluate, scores valid as training reported
+    valid = evaluate(tmp_path, "valid", "best")["metrics"]
+    assert valid["NDCG@10"] == pytest.approx(summary["best_valid"]["NDCG@10"], rel=1e-6) and valid["NDCG@10"] > 0.0
     result = evaluate(tmp_path, "test", "best", tmp_path / "t.json")
     card = result["protocol"]
     assert card["model"] == kind and card["users"] == 240 and card["checkpoint"]["chosen"].startswith("count-based")
@@ -175,6 +177,8 @@ def test_neural_kinds_train_through_the_same_loop_and_resume_exactly(kind, tiny_
     sets = [f"model.kind={kind}", *NEURAL_KIND_OVERRIDES[kind]]
     summary = train(tiny_config(tiny_data, *sets, "train.epochs=2"), tmp_path / "straight")
     assert summary["epochs"] == 2 and summary["best_valid"]["NDCG@10"] > 0.0
+    valid = evaluate(tmp_path / "straight", "valid", "best")["metrics"]  # the chosen checkpoint, reloaded
+    assert valid["NDCG@10"] == pytest.approx(summary["best_valid"]["NDCG@10"], rel=1e-6)
     assert evaluate(tmp_path / "straight", "test")["protocol"]["model"] == kind
     train(tiny_config(tiny_data, *sets, "train.epochs=1"), tmp_path / "resumed")
     train(tiny_config(tiny_data, *sets, "train.epochs=2"), tmp_path / "resumed", allow_config_change=True)
