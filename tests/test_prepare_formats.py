@@ -202,6 +202,23 @@ def test_parse_time_forms():
     assert parse_time("883612800", "x") == 883612800
     with pytest.raises(PrepareError, match="valid_cut"):
         parse_time("yesterday", "valid_cut")
+    for value in ("inf", "nan", "1e30", float("-inf"), 1e300):  # no traceback later in iso()
+        with pytest.raises(PrepareError, match="max_timestamp: .* between the years 1 and 9999"):
+            parse_time(value, "max_timestamp")
+
+
+def test_parquet_nanosecond_times_and_a_corrupt_file(tmp_path):
+    path = tmp_path / "ns.parquet"
+    pq.write_table(pa.table({"user_id": ["u", "u"], "item_id": ["a", "b"],
+                             "timestamp": pa.array([1_500_000_000_123_456_789, 1_500_000_001_999_999_999],
+                                                   pa.timestamp("ns"))}), path)
+    events, _, unit = clean(read_generic(path, Columns()))
+    assert unit == "iso" and events.timestamp.tolist() == [1_500_000_000, 1_500_000_001]
+    data = path.read_bytes()  # a good footer (schema) over a damaged first page header
+    path.write_bytes(data[:4] + b"\xff" * 16 + data[20:])
+    assert pq.read_schema(path).names == ["user_id", "item_id", "timestamp"]
+    with pytest.raises(PrepareError, match=f"{path}: cannot read Parquet"):
+        read_generic(path, Columns())
 
 
 def test_small_blocks_read_the_same_as_one_block(tmp_path, monkeypatch):

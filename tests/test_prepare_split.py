@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader
 
+from seqjax.config import ConfigError
 from seqjax.data.formats import PrepareError
 from seqjax.data.prepare import PrepareConfig, prepare
 from seqjax.data.schema import decode_record
@@ -174,3 +175,46 @@ def test_temporal_errors(tmp_path):
         run(log, tmp_path / "o", split="temporal", valid_cut="2019-01-01", test_cut="2018-01-01")
     with pytest.raises(PrepareError, match="quantile"):
         run(log, tmp_path / "o", split="temporal", valid_cut="q1.5")
+
+
+def test_temporal_category_vocabulary_is_the_training_periods(tmp_path):
+    path = tmp_path / "c.csv"
+    day = lambda d: T0 + d * DAY
+    path.write_text("user_id,item_id,timestamp,category_id\n"
+                    f"a,x,{day(0)},c1\na,y,{day(1)},c1\na,x,{day(5)},cLATE\n"  # x seen later under a new category
+                    f"b,x,{day(2)},c1\nb,z,{day(4)},cNEW\nb,y,{day(6)},cNEW2\n")
+    meta = run(path, tmp_path / "out", split="temporal", valid_cut=str(day(4)), test_cut=str(day(5)))
+    assert vocab(tmp_path / "out", "categories") == {1: "c1"} and meta["num_categories"] == 1
+    users = {raw: u for u, raw in vocab(tmp_path / "out", "users").items()}
+    train = {r.user: r for r in read_split(tmp_path / "out", "train")}
+    assert train[users["a"]].categories.tolist() == [1, 1]
+
+
+def test_the_cap_is_refused_where_it_leaks_or_leaves_no_targets(tmp_path, log):
+    path, _, _ = log
+    with pytest.raises(ConfigError, match="max_events_per_user: cannot be used with split=temporal"):
+        run(path, tmp_path / "o", split="temporal", max_events_per_user=10)
+    with pytest.raises(ConfigError, match="max_events_per_user: 2 leaves no user the 3 events"):
+        run(path, tmp_path / "o", max_events_per_user=2)
+
+
+def test_k_core_holds_after_the_cap(tmp_path):
+    # The cap runs first, then k-core to its fixed point: what is written meets both thresholds.
+    # (k-core first, then the cap, would leave items seen fewer than 8 times.)
+    rng = np.random.default_rng(3)
+    rows = [(u, rng.integers(0, 6), T0 + 10 * k + u) for u in range(12) for k in range(6 + u % 4)]
+    path = tmp_path / "k.csv"
+    path.write_text("user_id,item_id,timestamp\n" + "".join(f"u{u},i{i},{t}\n" for u, i, t in rows))
+    meta = run(path, tmp_path / "o", min_user_count=5, min_item_count=8, max_events_per_user=6)
+    events = {r.user: [*r.items.tolist(), r.target] for r in read_split(tmp_path / "o", "test")}
+    assert len(events) == meta["num_users"] > 0  # test records: each user's whole history + target
+    assert min(len(items) for items in events.values()) >= 5 and max(len(items) for items in events.values()) <= 6
+    counts = np.bincount(np.concatenate(list(events.values())))
+    assert counts[counts > 0].min() >= 8
+    assert meta["report"]["dropped"]["cap_recent"] > 0 and meta["report"]["dropped"]["k_core"] > 0
+
+
+def test_temporal_k_core_warns_that_it_counts_the_future(tmp_path, log, capsys):
+    path, _, _ = log
+    meta = run(path, tmp_path / "o", split="temporal", min_item_count=2)
+    assert "k-core filtering" in meta["split"]["warnings"][0] and "after the cutoffs" in capsys.readouterr().err

@@ -119,7 +119,7 @@ class PrepareConfig:
     min_user_count: int = 0  # k-core: keep users with at least this many events (0 = off)
     min_item_count: int = 0  # k-core: keep items with at least this many events (0 = off)
     kcore_one_pass: bool = False  # one filtering pass (as some papers did) instead of a fixed point
-    max_events_per_user: int = 0  # keep each user's most recent N events (0 = all)
+    max_events_per_user: int = 0  # keep each user's most recent N >= 3 events, before k-core (0 = all; loo only)
     strict: bool = False  # error at the first row a row-level reason would drop (see clean.ROW_REASONS)
     task: TaskOptions | None = None  # purchase/churn examples under DATA_DIR/task/ (task_prepare); None = none
 
@@ -145,6 +145,13 @@ class PrepareConfig:
         if self.task is not None:
             self.task.validate()
             config_problems(self.task, self.split, self.max_events_per_user)
+        if self.max_events_per_user > 0 and self.split == "temporal":
+            raise ConfigError("max_events_per_user: cannot be used with split=temporal: it keeps each user's most "
+                              "recent events counting back from the end of the log, so how much history a user "
+                              "keeps before a cut depends on its events after it (leakage)")
+        if 0 < self.max_events_per_user < 3:
+            raise ConfigError(f"max_events_per_user: {self.max_events_per_user} leaves no user the 3 events a "
+                              "leave-one-out valid and test record need; use 0 (no cap) or at least 3")
 
 
 def prepare(cfg: PrepareConfig, *, command: str | None = None, echo: bool = True) -> dict:
@@ -183,13 +190,17 @@ def prepare(cfg: PrepareConfig, *, command: str | None = None, echo: bool = True
     events, report, unit = validate(tables, rules)
     if has_timestamps and dedup:
         events = drop_duplicates(events, report)
-    events = k_core(events, cfg.min_user_count, cfg.min_item_count, cfg.kcore_one_pass, report)
+    # The cap before k-core, so that the users and items kept meet the k-core thresholds.
     events = cap_recent(sort_by_user_time(events, report), cfg.max_events_per_user, report)
+    events = k_core(events, cfg.min_user_count, cfg.min_item_count, cfg.kcore_one_pass, report)
     if not len(events):
         raise PrepareError(f"no events left after cleaning ({_drops_text(report)})")
     if task is not None:
         check_events(task, events)
     split = make_split(events, cfg.split, cfg.valid_cut, cfg.test_cut, has_timestamps)
+    if cfg.split == "temporal" and (w := kcore_warning(cfg.min_user_count, cfg.min_item_count)):
+        warn(w)
+        split.protocol["warnings"] = [w]
     report.users, report.items = len(split.users), len(split.items)
 
     out = Path(cfg.out)

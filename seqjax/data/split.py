@@ -10,7 +10,7 @@ on how the raw ids look: users 0..U-1, items 1..V (0 is padding), categories 1..
   train = each user's events before valid_cut (users with none get no train record);
   valid = for users with an event in [valid_cut, test_cut): events before valid_cut -> first event at/after it;
   test  = for users with an event >= test_cut: events before test_cut -> first event at/after it.
-  The item vocabulary is the training period's items only. History items outside it are dropped from
+  The item and category vocabularies are the training period's only (other categories read as 0, none). History items outside it are dropped from
   histories (counted as `oov_history_events`); a target outside it is kept with target id -1 (OOV_TARGET):
   evaluation must count it as a miss, and its share is reported as `oov_target_share`. Valid/test
   histories may be empty under `temporal` (a user first seen after the cut); never under `loo`.
@@ -84,9 +84,6 @@ def make_split(events: Events, kind: str, valid_cut: str = "q0.8", test_cut: str
         raise PrepareError("no events left to split")
     by_time = np.lexsort((events.order, events.timestamp))
     user_id = first_appearance_ids(events.user[by_time], len(events.user_names))
-    cats = events.category[by_time]
-    cat_id = np.zeros(len(events.category_names) + 1, np.int64)  # code 0 (none) stays id 0
-    cat_id[1:] = first_appearance_ids(cats[cats > 0] - 1, len(events.category_names), start=1)
     protocol: dict = {"kind": kind}
     if kind == "loo":
         train_mask = np.ones(len(events), bool)
@@ -105,6 +102,10 @@ def make_split(events: Events, kind: str, valid_cut: str = "q0.8", test_cut: str
     else:
         raise PrepareError(f"unknown split {kind!r} (use loo or temporal)")
     item_id = first_appearance_ids(events.item[by_time][train_mask[by_time]], len(events.item_names), start=1)
+    # Categories, like items, are known from the training period only (0 = none for the others).
+    cats = events.category[by_time][train_mask[by_time]]
+    cat_id = np.zeros(len(events.category_names) + 1, np.int64)  # code 0 (none) stays id 0
+    cat_id[1:] = first_appearance_ids(cats[cats > 0] - 1, len(events.category_names), start=1)
 
     # Final-id columns, each user's events together and oldest first.
     uid = user_id[events.user]
@@ -123,7 +124,8 @@ def make_split(events: Events, kind: str, valid_cut: str = "q0.8", test_cut: str
 
 
 def _category_ids(codes: np.ndarray, cat_id: np.ndarray) -> np.ndarray:
-    return np.where(codes > 0, cat_id[codes], 0).astype(np.int32)
+    """Final category ids; 0 for none and for categories absent from the training period (id -1)."""
+    return np.maximum(cat_id[codes], 0).astype(np.int32)
 
 
 def _names(names: pa.Array, ids: np.ndarray) -> pa.Array:

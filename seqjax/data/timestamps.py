@@ -36,12 +36,14 @@ def parse_time(text: str | float, what: str, tzinfo: dt.tzinfo = dt.UTC,
 
     A naive date/time is local time in `tzinfo`; a bad value raises `error` naming `what`."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return int(np.floor(text))
+        return _in_range(float(text), text, what, error)
     s = str(text).strip()
     try:
-        return int(np.floor(float(s)))
+        number = float(s)
     except ValueError:
         pass
+    else:
+        return _in_range(number, text, what, error)
     try:
         t = dt.datetime.fromisoformat(s)
     except ValueError:
@@ -49,6 +51,16 @@ def parse_time(text: str | float, what: str, tzinfo: dt.tzinfo = dt.UTC,
     if t.tzinfo is None:
         t = t.replace(tzinfo=tzinfo)
     return int(np.floor(t.timestamp()))
+
+
+# What `iso` can print: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
+_FIRST_SECOND, _LAST_SECOND = -62_135_596_800, 253_402_300_799
+
+
+def _in_range(seconds: float, text, what: str, error: type[ValueError]) -> int:
+    if not _FIRST_SECOND <= seconds <= _LAST_SECOND:  # also refuses nan and inf
+        raise error(f"{what}: {text!r} is not a time between the years 1 and 9999 in unix seconds")
+    return int(np.floor(seconds))
 
 
 def iso(seconds: int) -> str:
@@ -61,7 +73,8 @@ def classify(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     n = len(values)
     t = values.type
     if pa.types.is_timestamp(t) or pa.types.is_date(t):
-        secs = pc.cast(pc.cast(values, pa.timestamp("us", getattr(t, "tz", None))), pa.int64())
+        # safe=False: nanosecond times lose their sub-microsecond part (floored to seconds below anyway)
+        secs = pc.cast(pc.cast(values, pa.timestamp("us", getattr(t, "tz", None)), safe=False), pa.int64())
         ok = pc.is_valid(secs).to_numpy(zero_copy_only=False)
         value = np.floor(pc.fill_null(secs, 0).to_numpy(zero_copy_only=False) / 1e6)
         return value, np.where(ok, ISO, BAD).astype(np.int8)

@@ -136,7 +136,10 @@ def _read_parquet(path: Path, columns: Columns) -> RawTable:
         raise PrepareError(f"{path}: cannot read Parquet: {e}") from None
     index = _column_index(path, names, columns)
     wanted = {role: names[i] for role, i in index.items()}
-    table = pq.read_table(path, columns=list(dict.fromkeys(wanted.values())))
+    try:
+        table = pq.read_table(path, columns=list(dict.fromkeys(wanted.values())))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise PrepareError(f"{path}: cannot read Parquet: {e}") from None
     fields = {}
     for role, name in wanted.items():
         col = table.column(name).combine_chunks()
