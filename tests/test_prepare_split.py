@@ -218,3 +218,21 @@ def test_temporal_k_core_warns_that_it_counts_the_future(tmp_path, log, capsys):
     path, _, _ = log
     meta = run(path, tmp_path / "o", split="temporal", min_item_count=2)
     assert "k-core filtering" in meta["split"]["warnings"][0] and "after the cutoffs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("times", [
+    ("1500000000900", "1500000000100", "1500000000500"),  # milliseconds
+    ("1500000000.9", "1500000000.1", "1500000000.5"),  # fractional seconds
+    ("2017-07-14T02:40:00.900Z", "2017-07-14T02:40:00.100Z", "2017-07-14T02:40:00.500Z"),  # ISO
+])
+def test_events_within_a_second_keep_their_order_and_are_not_duplicates(tmp_path, times):
+    path = tmp_path / "ms.csv"  # read a@.9, b@.1, b@.5: all in one second, b twice 400 ms apart
+    path.write_text("user_id,item_id,timestamp\n" + "".join(f"u,{i},{t}\n" for i, t in zip("abb", times)))
+    cfg = PrepareConfig(format="generic", inputs=(str(path),), out=str(tmp_path / "o"), max_timestamp="2030-01-01")
+    meta = prepare(cfg, echo=False)  # duplicates dropped by default
+    items = vocab(tmp_path / "o", "items")
+    (test,) = read_split(tmp_path / "o", "test")
+    assert [items[i] for i in (*test.items.tolist(), test.target)] == ["b", "b", "a"]
+    assert meta["report"]["dropped"].get("duplicate", 0) == 0 and meta["report"]["out_of_order"] == 2
+    path.write_text(path.read_text() + f"u,b,{times[2]}\n")  # an exact repeat is a duplicate
+    assert prepare(cfg, echo=False)["report"]["dropped"]["duplicate"] == 1

@@ -60,6 +60,7 @@ class Events:
     user: np.ndarray  # int64 [N], index into user_names
     item: np.ndarray  # int64 [N], index into item_names
     timestamp: np.ndarray  # int64 [N], unix seconds; zeros when the data has no times
+    micros: np.ndarray  # int64 [N], sub-second part of the time in microseconds (orders events within a second)
     event: np.ndarray  # int8 [N], EVENT_ID values; 0 when not recorded
     category: np.ndarray  # int64 [N], 1 + index into category_names; 0 when absent
     price: np.ndarray  # float64 [N], the event's money value (see RowRules.unit_price); NaN when unknown
@@ -72,10 +73,14 @@ class Events:
     def __len__(self) -> int:
         return len(self.user)
 
+    def time_key(self) -> np.ndarray:
+        """int64 [N]: the time in microseconds, what events are ordered and deduplicated by."""
+        return self.timestamp * 1_000_000 + self.micros
+
     def take(self, index: np.ndarray) -> Events:
         """The rows at `index` (int positions or a bool mask), same name tables."""
         return dataclasses.replace(self, user=self.user[index], item=self.item[index],
-                                   timestamp=self.timestamp[index], event=self.event[index],
+                                   timestamp=self.timestamp[index], micros=self.micros[index], event=self.event[index],
                                    category=self.category[index], price=self.price[index],
                                    order=self.order[index], source=self.source[index])
 
@@ -108,10 +113,10 @@ def validate(tables: Sequence[RawTable], rules: RowRules) -> tuple[Events, Repor
 
     mark("empty_user_id", _empty(user))
     mark("empty_item_id", _empty(item))
-    unit, seconds = None, np.zeros(len(line), np.int64)
+    unit, seconds, micros = None, np.zeros(len(line), np.int64), np.zeros(len(line), np.int64)
     if all(t.timestamp is not None for t in tables):
         times = parse_columns([t.timestamp for t in tables], files, [t.line for t in tables], rules.timestamp_unit)
-        unit, seconds = times.unit, times.seconds
+        unit, seconds, micros = times.unit, times.seconds, times.micros
         mark("bad_timestamp", ~times.ok)
         lower, upper = rules.time_range
         mark("timestamp_out_of_range", (seconds < lower) | (seconds >= upper))
@@ -132,7 +137,7 @@ def validate(tables: Sequence[RawTable], rules: RowRules) -> tuple[Events, Repor
     user_codes, user_names = _intern(user.filter(pa.array(keep)))
     item_codes, item_names = _intern(item.filter(pa.array(keep)))
     price = _prices(tables, rules.unit_price)
-    events = Events(user=user_codes, item=item_codes, timestamp=seconds[keep], event=event[keep],
+    events = Events(user=user_codes, item=item_codes, timestamp=seconds[keep], micros=micros[keep], event=event[keep],
                     category=cat_codes, price=price[keep], order=np.flatnonzero(keep).astype(np.int64), source=file_of[keep],
                     user_names=user_names, item_names=item_names, category_names=cat_names)
     report.rows_kept = len(events)
@@ -240,11 +245,12 @@ def _intern(strings: pa.Array, skip_empty: bool = False) -> tuple[np.ndarray, pa
 
 
 def sort_by_user_time(events: Events, report: Report | None = None) -> Events:
-    """Each user's events together, oldest first; equal timestamps keep read order (stable). With `report`,
-    counts in `out_of_order` the events read after a later-timestamped event of their user in the same file."""
+    """Each user's events together, oldest first (to the microsecond); equal times keep read order (stable).
+    With `report`, counts in `out_of_order` the events read after a later event of their user in the same file."""
+    time = events.time_key()
     if report is not None:
-        report.out_of_order = count_out_of_order(events.user, events.timestamp, events.order, events.source)
-    return events.take(np.lexsort((events.order, events.timestamp, events.user)))
+        report.out_of_order = count_out_of_order(events.user, time, events.order, events.source)
+    return events.take(np.lexsort((events.order, time, events.user)))
 
 
 def count_out_of_order(user: np.ndarray, timestamp: np.ndarray, order: np.ndarray,
@@ -263,12 +269,13 @@ def count_out_of_order(user: np.ndarray, timestamp: np.ndarray, order: np.ndarra
 
 
 def drop_duplicates(events: Events, report: Report) -> Events:
-    """Drops exact repeats of (user, item, timestamp, event), keeping the first read.
+    """Drops exact repeats of (user, item, time to the microsecond, event), keeping the first read.
 
     Only meaningful with timestamps: without them two equal rows are two interactions.
     """
-    perm = np.lexsort((events.order, events.event, events.item, events.timestamp, events.user))
-    cols = [c[perm] for c in (events.user, events.item, events.timestamp, events.event)]
+    time = events.time_key()
+    perm = np.lexsort((events.order, events.event, events.item, time, events.user))
+    cols = [c[perm] for c in (events.user, events.item, time, events.event)]
     same = np.ones(len(perm) - 1 if len(perm) else 0, bool)
     for c in cols:
         same &= c[1:] == c[:-1]

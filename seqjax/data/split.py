@@ -1,6 +1,6 @@
 """Clean events -> final ids and train/valid/test `SequenceRecord`s, by leave-one-out or by time.
 
-Ids are given by first appearance in time order (timestamp, then read order), so they do not depend
+Ids are given by first appearance in time order (time to the microsecond, then read order), so they do not depend
 on how the raw ids look: users 0..U-1, items 1..V (0 is padding), categories 1..C (0 = none).
 
 `loo`: a user's last event is the test target and the second-last the validation target.
@@ -82,7 +82,7 @@ def make_split(events: Events, kind: str, valid_cut: str = "q0.8", test_cut: str
     """Assigns final ids and builds the records of `kind` ('loo' or 'temporal'); see the module doc."""
     if not len(events):
         raise PrepareError("no events left to split")
-    by_time = np.lexsort((events.order, events.timestamp))
+    by_time = np.lexsort((events.order, events.micros, events.timestamp))
     user_id = first_appearance_ids(events.user[by_time], len(events.user_names))
     protocol: dict = {"kind": kind}
     if kind == "loo":
@@ -109,7 +109,7 @@ def make_split(events: Events, kind: str, valid_cut: str = "q0.8", test_cut: str
 
     # Final-id columns, each user's events together and oldest first.
     uid = user_id[events.user]
-    order = np.lexsort((events.order, events.timestamp, uid))
+    order = np.lexsort((events.order, events.micros, events.timestamp, uid))
     cols = _Columns(user=uid[order], item=item_id[events.item[order]].astype(np.int32),
                     ts=events.timestamp[order], event=events.event[order].astype(np.int8),
                     category=_category_ids(events.category[order], cat_id))

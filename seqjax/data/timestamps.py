@@ -68,58 +68,59 @@ def iso(seconds: int) -> str:
     return dt.datetime.fromtimestamp(int(seconds), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def classify(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(value float64 [R], kind int8 [R]): numbers as written, ISO rows already in seconds, BAD rows 0."""
+def classify(values: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(value float64 [R], kind int8 [R], micros int64 [R]): numbers as written; ISO rows in whole seconds with
+    their sub-second part in micros (0 for the other rows); BAD rows 0."""
     n = len(values)
     t = values.type
     if pa.types.is_timestamp(t) or pa.types.is_date(t):
-        # safe=False: nanosecond times lose their sub-microsecond part (floored to seconds below anyway)
-        secs = pc.cast(pc.cast(values, pa.timestamp("us", getattr(t, "tz", None)), safe=False), pa.int64())
-        ok = pc.is_valid(secs).to_numpy(zero_copy_only=False)
-        value = np.floor(pc.fill_null(secs, 0).to_numpy(zero_copy_only=False) / 1e6)
-        return value, np.where(ok, ISO, BAD).astype(np.int8)
+        # safe=False: nanosecond times lose their sub-microsecond part
+        us = pc.cast(pc.cast(values, pa.timestamp("us", getattr(t, "tz", None)), safe=False), pa.int64())
+        ok = pc.is_valid(us).to_numpy(zero_copy_only=False)
+        secs, micros = np.divmod(pc.fill_null(us, 0).to_numpy(zero_copy_only=False), 1_000_000)
+        return secs.astype(np.float64), np.where(ok, ISO, BAD).astype(np.int8), micros
     if pa.types.is_integer(t) or pa.types.is_floating(t):
         value = pc.fill_null(values.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
-        return np.nan_to_num(value), np.where(np.isfinite(value), NUMBER, BAD).astype(np.int8)
+        return np.nan_to_num(value), np.where(np.isfinite(value), NUMBER, BAD).astype(np.int8), np.zeros(n, np.int64)
     strings = pc.utf8_trim_whitespace(pc.fill_null(values.cast(pa.large_string()), ""))
-    value, kind = np.zeros(n), np.zeros(n, np.int8)
+    value, kind, micros = np.zeros(n), np.zeros(n, np.int8), np.zeros(n, np.int64)
     is_num = pc.match_substring_regex(strings, _NUMBER).to_numpy(zero_copy_only=False)
     if is_num.any():
         value[is_num] = strings.filter(pa.array(is_num)).cast(pa.float64()).to_numpy(zero_copy_only=False)
         kind[is_num] = NUMBER
     is_iso = pc.match_substring_regex(strings, _ISO).to_numpy(zero_copy_only=False)
     if is_iso.any():
-        secs, ok = _parse_iso(strings.filter(pa.array(is_iso)))
-        rows = np.flatnonzero(is_iso)
-        value[rows[ok]] = secs[ok]
-        kind[rows[ok]] = ISO
-    return value, kind
+        us, ok = _parse_iso(strings.filter(pa.array(is_iso)))
+        rows = np.flatnonzero(is_iso)[ok]
+        value[rows], micros[rows] = np.divmod(us[ok], 1_000_000)
+        kind[rows] = ISO
+    return value, kind, micros
 
 
 def _parse_iso(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(seconds float64, ok bool) for ISO-shaped strings; Arrow's parser first, Python's for the rest."""
+    """(unix microseconds int64, ok bool) for ISO-shaped strings; Arrow's parser first, Python's for the rest."""
     zoned = pc.match_substring_regex(strings, _ZONE).to_numpy(zero_copy_only=False)
-    secs, ok = np.zeros(len(strings)), np.zeros(len(strings), bool)
+    us, ok = np.zeros(len(strings), np.int64), np.zeros(len(strings), bool)
     for mask, unit in ((~zoned, pa.timestamp("us")), (zoned, pa.timestamp("us", "UTC"))):
         if not mask.any():
             continue
         part = strings.filter(pa.array(mask))
         try:
-            us = pc.cast(pc.cast(part, unit), pa.int64()).to_numpy(zero_copy_only=False)
-            secs[mask], ok[mask] = np.floor(us / 1e6), True
+            us[mask], ok[mask] = pc.cast(pc.cast(part, unit), pa.int64()).to_numpy(zero_copy_only=False), True
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            # Some value Arrow rejects (month 13, an offset form it lacks): parse one by one.
+            # Some value Arrow rejects (month 13, an offset form it lacks): parse one by one (whole seconds).
             for i, s in zip(np.flatnonzero(mask), part.to_pylist()):
                 try:
-                    secs[i], ok[i] = parse_time(s, "timestamp"), True
+                    us[i], ok[i] = parse_time(s, "timestamp") * 1_000_000, True
                 except PrepareError:
                     pass
-    return secs, ok
+    return us, ok
 
 
 @dataclasses.dataclass
 class ParsedTimes:
     seconds: np.ndarray  # int64 [R], unix seconds (0 where not ok)
+    micros: np.ndarray  # int64 [R], the sub-second part in microseconds: orders events within a second
     ok: np.ndarray  # bool [R], False: bad_timestamp
     unit: str | None  # one of UNITS; None when no row parsed
 
@@ -133,6 +134,7 @@ def parse_columns(columns: Sequence[pa.Array], files: Sequence[str], lines: Sequ
     parts = [classify(c) for c in columns]
     value = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0)
     kind = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int8)
+    iso_micros = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int64)
     lo, hi = SECONDS_WINDOW
     looks = {
         "s": (kind == NUMBER) & (value >= lo) & (value < hi),
@@ -147,12 +149,19 @@ def parse_columns(columns: Sequence[pa.Array], files: Sequence[str], lines: Sequ
         unit = found[0] if found else ("s" if (kind == NUMBER).any() else None)
     if unit == "iso":
         ok = kind == ISO
-        seconds = value
+        seconds, micros = value, iso_micros
     else:
         ok = kind == NUMBER
-        seconds = value / 1000 if unit == "ms" else value
-    seconds = np.where(ok, np.floor(np.clip(seconds, -2**62, 2**62)), 0).astype(np.int64)
-    return ParsedTimes(seconds, ok, unit)
+        value = np.clip(value, -2.0**62, 2.0**62)
+        if unit == "ms":  # integer milliseconds are exact in float64 up to 2**53
+            seconds = np.floor(value / 1000)
+            micros = np.rint((value - seconds * 1000) * 1000)
+        else:
+            seconds = np.floor(value)
+            micros = np.rint((value - seconds) * 1e6)
+        micros = np.clip(micros, 0, 999_999)  # rounding up to the next second stays in this one
+    seconds = np.where(ok, seconds, 0).astype(np.int64)
+    return ParsedTimes(seconds, np.where(ok, micros, 0).astype(np.int64), ok, unit)
 
 
 def _where(unit: str, mask: np.ndarray, columns, files, lines) -> str:
