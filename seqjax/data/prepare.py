@@ -100,7 +100,9 @@ class PrepareConfig:
     inputs: tuple[str, ...] = ()  # 'PATH' or 'ROLE=PATH' (events; yoochoose: clicks, buys); several are read as one
     out: str = ""  # DATA_DIR to write
     split: Literal["loo", "temporal"] = "loo"  # evaluation protocol, see seqjax.data.split
-    valid_cut: str | dt.date = "q0.8"  # temporal: start of validation; a time, or 'q<x>' = quantile of event times
+    # temporal: start of validation: ISO-8601 (UTC unless it has an offset), unix seconds, or 'q<x>' = quantile of
+    # event times
+    valid_cut: str | dt.date = "q0.8"
     test_cut: str | dt.date = "q0.9"  # temporal: start of test; same forms
     user_col: str = "user_id"  # generic: column names
     item_col: str = "item_id"
@@ -110,7 +112,7 @@ class PrepareConfig:
     column_names: tuple[str, ...] = ()  # generic CSV without a header row: the name of each field
     delimiter: str = ","  # generic CSV field separator ('\t' or 'tab' for tabs)
     timestamp_unit: Literal["auto", "s", "ms", "iso"] = "auto"  # auto: detected from the values
-    min_timestamp: str | dt.date = "1990-01-01"  # rows before this are dropped (timestamp_out_of_range)
+    min_timestamp: str | dt.date = "1990-01-01"  # rows before this are dropped (timestamp_out_of_range); ISO or unix s
     max_timestamp: str | dt.date = ""  # rows at/after this are dropped; '' = when prepare runs (recorded)
     event_map: dict[str, str] = dataclasses.field(default_factory=dict)  # raw event type -> canonical type
     unknown_events: Literal["drop", "error"] = "drop"  # what an event type outside the vocabulary does
