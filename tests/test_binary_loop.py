@@ -129,11 +129,14 @@ def test_each_encoder_beats_a_constant_predictor(kind, kind_runs):
 def test_resumed_run_is_bit_identical(kind_runs, tmp_path, capsys):
     cfg, clean, reference = kind_runs("gru")
     steps_per_epoch = BinaryTrainer(cfg, tmp_path).steps_per_epoch
-    stop_at = steps_per_epoch + 3  # inside the second epoch, after one validation
+    # inside the second epoch, after one validation, on a logged step (log_every_steps=4): its points must survive
+    stop_at = 4 * (steps_per_epoch // 4 + 1)
+    assert steps_per_epoch < stop_at < 2 * steps_per_epoch
     first = BinaryTrainer(dataclasses.replace(cfg, max_steps=stop_at), tmp_path, allow_config_change=True).run()
     assert first["stopped"] == f"reached max_steps={stop_at}"
     summary = BinaryTrainer(cfg, tmp_path, allow_config_change=True).run()
-    assert f"resuming from checkpoint step {stop_at} (epoch 1, batch 3)" in capsys.readouterr().out
+    assert f"resuming from checkpoint step {stop_at} (epoch 1, batch {stop_at - steps_per_epoch})" in \
+        capsys.readouterr().out
     step_a, state_a, meta_a = _state(clean)
     step_b, state_b, meta_b = _state(tmp_path)
     assert step_a == step_b == reference["epochs"] * steps_per_epoch
@@ -141,6 +144,8 @@ def test_resumed_run_is_bit_identical(kind_runs, tmp_path, capsys):
         np.testing.assert_array_equal(a, b)  # params, optimizer state, RNG, step
     assert meta_a["progress"]["best_metric"] == meta_b["progress"]["best_metric"]
     assert summary["best_valid"] == reference["best_valid"] and summary["stopped"] == reference["stopped"]
+    for tag in ("train/purchase_loss", "valid/PR-AUC"):  # the curves too, the checkpoint's own step included
+        assert _scalars(tmp_path, tag) == _scalars(clean, tag), tag
 
 
 def test_user_item_head_ranks_a_users_candidates(kind_runs):

@@ -24,11 +24,12 @@ def _params(workdir: Path, step="latest"):
     return step, jax.tree.map(np.asarray, state["params"]), meta
 
 
-def _losses(workdir: Path) -> dict[int, float]:
+def _losses(workdir: Path, tag: str = "train/loss") -> dict[int, float]:
+    """step -> value of a TensorBoard scalar, as TensorBoard reads it (restarts purge later steps)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(workdir / "tensorboard"))
     acc.Reload()
-    return {e.step: e.value for e in acc.Scalars("train/loss")}
+    return {e.step: e.value for e in acc.Scalars(tag)}
 
 
 def test_loss_falls_and_validation_beats_chance(tiny_data, tmp_path):
@@ -76,6 +77,8 @@ def test_sigkill_then_rerun_is_bit_identical(tiny_data, tmp_path):
     assert meta_a["progress"]["best_metric"] == meta_b["progress"]["best_metric"]
     assert json.loads((clean / "summary.json").read_text())["best_valid"] == \
         json.loads((killed / "summary.json").read_text())["best_valid"]
+    for tag in ("train/loss", "valid/NDCG@10"):  # the curves too, the checkpoint's own step included
+        assert _losses(killed, tag) == _losses(clean, tag), tag
     again = subprocess.run(_train_cmd(tiny_data, killed), check=True, capture_output=True, text=True)
     assert "already finished" in again.stdout
 

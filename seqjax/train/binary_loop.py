@@ -282,7 +282,7 @@ class BinaryTrainer(CheckpointedRun):
             return self._summary(progress)
         tb = ScalarWriter(self.workdir / "tensorboard")
         if resumed:
-            tb.start(int(state["step"]))
+            tb.start(int(state["step"]) + 1)  # keeps what the checkpoint step itself logged
         try:
             self._epochs(state, progress, tb)
         finally:

@@ -132,7 +132,7 @@ class Trainer(CheckpointedRun):
             return self._summary(progress)
         tb = ScalarWriter(self.workdir / "tensorboard")
         if resumed:
-            tb.start(int(state["step"]))
+            tb.start(int(state["step"]) + 1)  # keeps what the checkpoint step itself logged
         try:
             state, progress = self._epochs(state, progress, tb)
         finally:
