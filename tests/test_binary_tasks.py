@@ -150,7 +150,7 @@ def test_binary_metric_defaults_and_next_item_unchanged():
     assert load().task == "next_item" and load().train.metric == "NDCG@10"
     assert load("task=purchase", "model.kind=gbdt").train.metric == "PR-AUC"
     assert load("task=churn", "model.kind=gbdt", "train.metric=log_loss").train.metric == "log_loss"
-    with pytest.raises(ConfigError, match="use HR@K, NDCG@K or MRR"):
+    with pytest.raises(ConfigError, match="use MRR, or HR@K or NDCG@K with K in eval.ks"):
         load("train.metric=PR-AUC")
 
 

@@ -36,6 +36,21 @@ def test_attention_is_ignored_with_a_warning_by_kinds_without_attention():
         load("model.kind=gru4rec", "model.attention=blockwise")
 
 
+@pytest.mark.parametrize("override, message", [
+    ("train.metric=NDCG@50", r"train.metric='NDCG@50': use MRR, or HR@K or NDCG@K with K in eval.ks=\[1, 5, 10, 20\]"),
+    ("train.metric=NDCG", "train.metric='NDCG': use MRR"),
+    ("train.loss_chunk=0", "train.loss_chunk=0 must be >= 1"),
+    ("train.eval_every_epochs=0", "train.eval_every_epochs=0 must be >= 1"),
+    ("train.log_every_steps=0", "train.log_every_steps=0 must be >= 1"),
+    ("train.max_steps=-1", "train.max_steps=-1 must be >= 0"),
+])
+def test_train_settings_that_would_fail_later_are_refused_at_load(override, message):
+    # each used to pass load and fail after an epoch (KeyError) or inside jit (division by zero)
+    with pytest.raises(config_lib.ConfigError, match=message):
+        load(override)
+    assert load("train.metric=NDCG@50", "eval.ks=[10,50]").train.metric == "NDCG@50"
+
+
 @pytest.mark.parametrize("overrides, reason", [
     (("train.dtype=float32",), "needs train.dtype=bfloat16"),
     (("train.dtype=bfloat16", "model.sasrec.dim=50", "model.sasrec.heads=1"), "= 50 must be a multiple of 8"),

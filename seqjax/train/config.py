@@ -169,8 +169,15 @@ class ExperimentConfig:
             if self.train.metric not in BINARY_METRICS:
                 raise ConfigError(f"train.metric={self.train.metric!r}: task={self.task} uses "
                                   f"{', '.join(BINARY_METRICS)}")
-        elif self.train.metric.split("@")[0] not in ("HR", "NDCG", "MRR"):
-            raise ConfigError(f"train.metric={self.train.metric!r}: use HR@K, NDCG@K or MRR")
+        elif self.train.metric not in {"MRR", *(f"{m}@{k}" for m in ("HR", "NDCG") for k in self.eval.ks)}:
+            raise ConfigError(f"train.metric={self.train.metric!r}: use MRR, or HR@K or NDCG@K with K in "
+                              f"eval.ks={list(self.eval.ks)}")
+        for name in ("epochs", "eval_every_epochs", "loss_chunk", "log_every_steps", "num_devices"):
+            if getattr(self.train, name) < 1:
+                raise ConfigError(f"train.{name}={getattr(self.train, name)} must be >= 1")
+        for name in ("checkpoint_every_steps", "max_steps", "patience"):
+            if getattr(self.train, name) < 0:
+                raise ConfigError(f"train.{name}={getattr(self.train, name)} must be >= 0")
 
 
 def check_cudnn(cfg: ExperimentConfig, backend: str | None = None, compute_capability: str | None = None) -> None:
