@@ -161,3 +161,19 @@ def test_attention_weight_dropout_needs_the_reference_attention():
     assert config_lib.load(ExperimentConfig, None, cfg).model.sasrec.attention_dropout == "weights"
     with pytest.raises(config_lib.ConfigError, match="attention_dropout=weights"):
         config_lib.load(ExperimentConfig, None, [*cfg, "model.attention=blockwise"])
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "bert4rec", "hstu", "gru4rec", "lstm"])
+def test_bfloat16_parameters_give_bfloat16_activations(kind):
+    # train.dtype=bfloat16 casts the parameters as below; every activation must then be bfloat16 (cuDNN's
+    # attention refuses float32 queries, and float32 activations would give no bfloat16 speed-up)
+    from flax import nnx
+
+    from seqjax.train.step import build_model
+    cfg = config_lib.load(ExperimentConfig, None, [f"model.kind={kind}", "data.max_len=8"])
+    graphdef, params = nnx.split(build_model(cfg, num_items=20, seed=0))
+    cast = jax.tree.map(lambda x: x.astype(jnp.bfloat16) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+    model = nnx.merge(graphdef, cast)
+    items, lengths = jnp.array([[3, 4, 5, 0], [7, 0, 0, 0]]), jnp.array([3, 1])
+    assert model.encode(items, lengths).dtype == jnp.bfloat16
+    assert model.last_hidden(items, lengths).dtype == jnp.bfloat16

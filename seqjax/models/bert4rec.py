@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seqjax.models.attention import Implementation
-from seqjax.models.next_item import NextItemModel
+from seqjax.models.next_item import NextItemModel, lookup
 from seqjax.models.transformer import Block
 
 
@@ -86,7 +86,7 @@ class BERT4Rec(NextItemModel):
         if t > self.max_len:
             raise ValueError(f"input length {t} exceeds max_len {self.max_len}")
         keys = None if key is None else jax.random.split(key, 1 + 2 * len(self.blocks))
-        x = self.embed_norm(self.item_embed(items) + self.pos_embed(jnp.arange(t))[None])
+        x = self.embed_norm(lookup(self.item_embed, items) + lookup(self.pos_embed, jnp.arange(t))[None])
         x = self.drop(x, deterministic=keys is None, rngs=None if keys is None else keys[0])
         for i, block in enumerate(self.blocks):
             x = block(x, lengths, None if keys is None else keys[1 + 2 * i: 3 + 2 * i], self.attention_impl)

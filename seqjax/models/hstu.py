@@ -25,7 +25,7 @@ from seqjax.models.hstu_attention import (
     check_implementation,
     hstu_attention,
 )
-from seqjax.models.next_item import NextItemModel
+from seqjax.models.next_item import NextItemModel, lookup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +106,7 @@ class HSTU(NextItemModel):
         None for data without times (no time bias). Padded positions' timestamps are ignored.
         """
         keys = None if key is None else jax.random.split(key, 1 + len(self.blocks))
-        x = self.item_embed(items) * jnp.sqrt(self.item_embed.features).astype(jnp.float32)
+        x = lookup(self.item_embed, items) * self.item_embed.features ** 0.5  # a Python float keeps x's dtype
         x = self.drop(x, deterministic=keys is None, rngs=None if keys is None else keys[0])
         for i, block in enumerate(self.blocks):
             x = block(x, lengths, timestamps, None if keys is None else keys[1 + i], self.attention_impl)

@@ -7,6 +7,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 
+def lookup(table: nnx.Embed, ids: jax.Array) -> jax.Array:
+    """Rows of an embedding table in the parameters' dtype. (Calling nnx.Embed promotes to the dtype it was
+    built with, float32, so bfloat16 parameters would still give float32 activations.)"""
+    return jnp.take(table.embedding[...], ids, axis=0)
+
+
 class NextItemModel(nnx.Module):
     """Subclasses define `item_embed`, `output_embed` (None when shared) and
     `encode(items [B, T], lengths [B], key=None) -> [B, T, D]`."""

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from seqjax.models.next_item import NextItemModel
+from seqjax.models.next_item import NextItemModel, lookup
 
 Projection = Literal["inside", "hoisted"]
 
@@ -153,7 +153,7 @@ class _RecurrentRec(NextItemModel):
         only on items[:, :t+1]; at t >= length it repeats the state at length-1.
         """
         keys = None if key is None else jax.random.split(key, len(self.layers))
-        x = jnp.take(self.item_embed.embedding[...], items, axis=0)  # [B, T, D], in the parameters' dtype
+        x = lookup(self.item_embed, items)  # [B, T, D]
         for i, layer in enumerate(self.layers):  # dropout on the embeddings, then between layers
             x = self.drop(x, deterministic=keys is None, rngs=None if keys is None else keys[i])
             x = layer(x, lengths, self.projection, self.unroll)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seqjax.models.attention import Implementation
-from seqjax.models.next_item import NextItemModel
+from seqjax.models.next_item import NextItemModel, lookup
 from seqjax.models.transformer import LAYOUTS, AttentionDropout, Block, Layout, QKVInit
 
 
@@ -80,8 +80,8 @@ class SASRec(NextItemModel):
         t = items.shape[1]
         per_block = self.blocks[0].num_keys if len(self.blocks) else 0
         keys = None if key is None else jax.random.split(key, 1 + per_block * len(self.blocks))
-        x = self.item_embed(items) * jnp.sqrt(self.item_embed.features).astype(jnp.float32)
-        x = x + (self.pos_embed(jnp.arange(t))[None] if positions is None else self.pos_embed(positions))
+        x = lookup(self.item_embed, items) * self.item_embed.features ** 0.5  # a Python float keeps x's dtype
+        x = x + (lookup(self.pos_embed, jnp.arange(t))[None] if positions is None else lookup(self.pos_embed, positions))
         x = self.drop(x, deterministic=keys is None, rngs=None if keys is None else keys[0])
         for i, block in enumerate(self.blocks):
             block_keys = None if keys is None else keys[1 + per_block * i: 1 + per_block * (i + 1)]
