@@ -9,7 +9,8 @@ Item ids: 0 padding, 1..V items, V+1 the mask token. The input embedding has V+2
 returns rows 0..V only, so the mask token is never a candidate. Learned absolute positions count from
 the oldest kept event (right padding). Embeddings are summed, layer-normed and dropped out as in BERT;
 the blocks are pre-LN with GELU feed-forward and a final LayerNorm (pre-LN trains without warmup
-tricks; the paper's post-LN blocks are not reproduced).
+tricks; the paper's post-LN blocks are not reproduced). Items are scored by a dot product with the tied
+input table, as in Klenitskiy & Vasilev's code, without the paper's GELU projection and per-item bias.
 Shapes: B batch, T time, D model width, N heads, V items.
 """
 

@@ -22,6 +22,9 @@ both implementations (and every backend) agree on every boundary.
             (P = 64 tells distances apart up to 1023).
   time      d = |t_i - t_j| in seconds, m = TIME_MANTISSA_BITS = 1: exact below 4 s, then 2 buckets per
             octave (S = 64 covers every int32 difference, 68 years). Used only when `timestamps` are given.
+            The authors' code measures from the time of the event being predicted, t_(i+1) - t_j (at
+            inference, the target's time); here it is the query's own time, which evaluation knows
+            without the target's timestamp. ML-1M, the benchmark, has no timestamps, so no time bias.
 
 Two implementations under `hstu_attention`: "reference" (dense [B, N, T, T], the slow truth) and
 "blockwise" (`blockwise_attention.py`'s loop structure: row groups > query blocks > key blocks forward,
