@@ -18,7 +18,7 @@ from seqjax.models.baselines import (
     top_k_per_row,
 )
 
-TOL = dict(rtol=2e-6, atol=1e-9)  # float32 scores against float64 references
+TOL = dict(rtol=2e-6, atol=1e-9)  # float32 matrices (scores summed in float64) against float64 references
 
 V = 5
 SEQS = [[1, 2, 3, 2], [2, 4, 3], [1, 3, 5, 3, 1, 2, 4], [4, 2, 4, 5]]  # repeats on purpose
@@ -118,7 +118,7 @@ def test_popularity_counts_and_scores():
     model = Popularity().fit(arrays(SEQS), V)
     assert model.popularity.tolist() == brute_popularity(SEQS, V) == [0, 3, 5, 4, 4, 2]
     scores = model.score(HISTORY)
-    assert scores.shape == (len(HISTORY), V + 1) and scores.dtype == np.float32
+    assert scores.shape == (len(HISTORY), V + 1) and scores.dtype == np.float64
     expected = [-math.inf] + brute_popularity(SEQS, V)[1:]
     np.testing.assert_array_equal(scores, np.tile(expected, (len(HISTORY), 1)))
 
@@ -255,7 +255,7 @@ def test_padding_never_top_and_empty_history_gets_popularity(cls):
     seqs, history = random_case(7)
     model = cls().fit(arrays(seqs), 12)
     scores = model.score(history)
-    assert scores.dtype == np.float32 and scores.shape == (len(history), 13)
+    assert scores.dtype == np.float64 and scores.shape == (len(history), 13)
     assert (scores[:, 0] == -np.inf).all() and (scores.argmax(axis=1) != 0).all()
     assert np.isfinite(scores[:, 1:]).all()
     empty = model.score(np.zeros((2, 4), np.int32))
@@ -273,3 +273,17 @@ def test_bad_inputs_raise():
         ItemKNN().score(HISTORY)
     with pytest.raises(ValueError, match="decay"):
         ItemKNN(ItemKNNConfig(decay=0.0))
+
+
+def test_popularity_back_off_breaks_ties_near_one():
+    # After item 1 come items 2 and 3 once each: both P(next | 1) = 0.5. Item 3 is a little more popular
+    # (100 events vs 99); the back-off 1e-6 * popularity / max separates them by 1e-8, below float32's
+    # resolution at 0.5, so ranking in float32 would tie them and count the tie against the target.
+    from seqjax.evaluation.scoring import count_model_ranker
+    sequences = [np.array([1, 2]), np.array([1, 3])] + [np.array([2])] * 98 + [np.array([3])] * 99
+    model = Markov(MarkovConfig()).fit(sequences, num_items=3)
+    scores = model.score(np.array([[1]]))
+    assert scores[0, 3] - scores[0, 2] == pytest.approx(1e-8, rel=1e-6)
+    batch = {"history": np.array([[1], [1]]), "targets": np.array([3, 2])}
+    ranks, _ = count_model_ranker(model, filter_seen=False)(batch)
+    assert np.asarray(ranks).tolist() == [1, 2]

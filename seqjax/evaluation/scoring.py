@@ -8,6 +8,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import stats
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -57,7 +58,10 @@ def count_model_ranker(model, filter_seen: bool) -> Callable[[dict], tuple]:
     rank = jax.jit(target_ranks, static_argnums=3)
 
     def rank_batch(b):
-        scores = model.score(b["history"])
+        scores = model.score(b["history"])  # float64
         target_scores = np.take_along_axis(scores, np.maximum(b["targets"], 0)[:, None], axis=1)[:, 0]
-        return rank(scores, b["targets"], b["history"], filter_seen), target_scores
+        # Ranked by each row's order (dense ranks, exact in float32): casting the float64 scores would merge
+        # scores that differ only by the popularity back-off, and ties count against the target.
+        order = stats.rankdata(scores, method="dense", axis=1).astype(np.float32)
+        return rank(order, b["targets"], b["history"], filter_seen), target_scores
     return rank_batch

@@ -2,8 +2,8 @@
 
 Every baseline follows one protocol (`Baseline`): `fit(sequences, num_items)` on the users' training
 sequences (int arrays of item ids 1..V, oldest first), then `score(history)` for a batch of histories
-[B, L] right-padded with 0 -> float32 scores [B, V+1] whose column 0 (padding) is -inf, ready for
-`seqjax.evaluation.ranking.target_ranks`. History ids outside 1..V are ignored, as padding.
+[B, L] right-padded with 0 -> float64 scores [B, V+1] whose column 0 (padding) is -inf (float64: the
+1e-6 popularity back-off must still break ties between scores near 1). History ids outside 1..V are ignored, as padding.
 `save(path)` writes one `.npz` (config, popularity counts, sparse matrices as their CSR arrays);
 `load(path)` reads any baseline back.
 
@@ -149,10 +149,10 @@ class _Fitted:
             raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() or load() first")
 
     def _sparse_scores(self, weights: sp.csr_matrix, backoff: float) -> np.ndarray:
-        """(W [B, V+1] @ matrix).dense + backoff * normalised popularity; column 0 = -inf."""
-        scores = (weights @ self.matrix).toarray().astype(np.float32, copy=False)
+        """(W [B, V+1] @ matrix).dense + backoff * normalised popularity, float64; column 0 = -inf."""
+        scores = (weights @ self.matrix).toarray().astype(np.float64)
         top = max(int(self.popularity.max()), 1)
-        scores += np.float32(backoff) * (self.popularity / top).astype(np.float32)
+        scores += backoff * (self.popularity / top)
         scores[:, 0] = -np.inf
         return scores
 
@@ -197,9 +197,9 @@ class Popularity(_Fitted):
         return self
 
     def score(self, history: np.ndarray) -> np.ndarray:
-        """history int [B, L] (only B is used) -> float32 [B, V+1]."""
+        """history int [B, L] (only B is used) -> float64 [B, V+1]."""
         self._check_fitted()
-        row = self.popularity.astype(np.float32)
+        row = self.popularity.astype(np.float64)
         row[0] = -np.inf
         return np.tile(row, (np.asarray(history).shape[0], 1))
 
@@ -221,7 +221,7 @@ class Markov(_Fitted):
         return self
 
     def score(self, history: np.ndarray) -> np.ndarray:
-        """history int [B, L] right-padded -> float32 [B, V+1]; the last valid item picks the row."""
+        """history int [B, L] right-padded -> float64 [B, V+1]; the last valid item picks the row."""
         self._check_fitted()
         return self._sparse_scores(history_weights(history, self.num_items, history_len=1),
                                    self.cfg.backoff)
@@ -264,7 +264,7 @@ class ItemKNN(_Fitted):
         return self
 
     def score(self, history: np.ndarray) -> np.ndarray:
-        """history int [B, L] right-padded -> float32 [B, V+1]."""
+        """history int [B, L] right-padded -> float64 [B, V+1]."""
         self._check_fitted()
         weights = history_weights(history, self.num_items, self.cfg.history_len, self.cfg.decay)
         return self._sparse_scores(weights, self.cfg.backoff)
