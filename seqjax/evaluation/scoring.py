@@ -8,9 +8,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 from flax import nnx
 from jax.sharding import Mesh
+from scipy import stats
 
 from seqjax import sharding
 from seqjax.data.pipeline import eval_batches
