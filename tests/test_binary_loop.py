@@ -471,3 +471,13 @@ def test_shipped_sequence_task_configs_load(path):
     from seqjax.train.task_config import SequenceTaskRun
     cfg = config_lib.load(SequenceTaskRun, path, ["sequence_task.data_path=x"]).sequence_task
     assert cfg.encoder.kind in path.stem.split("_")
+
+
+def test_max_steps_on_an_epoch_end_is_finished_on_rerun(data, tmp_path, capsys):
+    cfg = tiny(data["purchase"], epochs=3)
+    n = BinaryTrainer(cfg, tmp_path / "probe").steps_per_epoch
+    cfg = dataclasses.replace(cfg, max_steps=n)
+    assert BinaryTrainer(cfg, tmp_path / "run").run()["stopped"] == f"reached max_steps={n}"
+    capsys.readouterr()
+    assert BinaryTrainer(cfg, tmp_path / "run").run()["stopped"] == f"reached max_steps={n}"
+    assert "already finished (reached max_steps=" in capsys.readouterr().out

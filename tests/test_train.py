@@ -222,3 +222,14 @@ def test_large_catalogue_losses_train_through_the_same_step(loss, tiny_data, tmp
     # on ranking: 300 items, full ranking, chance NDCG@10 ~0.01.
     summary = train(tiny_config(tiny_data, "train.epochs=3", *loss), tmp_path)
     assert summary["best_valid"]["NDCG@10"] > 0.05
+
+
+def test_max_steps_on_an_epoch_end_is_finished_on_rerun(tiny_data, tmp_path, capsys):
+    # The epoch-end checkpoint is the max_steps step, saved before the stop was known: a rerun must say the run
+    # is finished, not restore it as unfinished and stop again.
+    n = Trainer(tiny_config(tiny_data), tmp_path / "probe").steps_per_epoch
+    cfg = tiny_config(tiny_data, f"train.max_steps={n}")
+    assert train(cfg, tmp_path / "run")["stopped"] == f"reached train.max_steps={n}"
+    capsys.readouterr()
+    assert train(cfg, tmp_path / "run")["stopped"] == f"reached train.max_steps={n}"
+    assert "already finished (reached train.max_steps=" in capsys.readouterr().out

@@ -274,6 +274,9 @@ class BinaryTrainer(CheckpointedRun):
 
     def run(self) -> dict[str, Any]:
         state, progress, resumed = self._restore()
+        if not progress.stopped and 0 < self.cfg.max_steps <= int(state["step"]):
+            # the checkpoint at max_steps was saved (at an epoch end or checkpoint_every_steps) before the stop
+            progress.stopped = f"reached max_steps={self.cfg.max_steps}"
         if progress.stopped and self._limit_raised(progress, int(state["step"])):
             print(f"continuing a run that had {progress.stopped}: the config now allows more", flush=True)
             progress.stopped = ""

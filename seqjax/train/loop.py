@@ -124,6 +124,9 @@ class Trainer(CheckpointedRun):
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         state, progress, resumed = self._restore()
+        if not progress.stopped and 0 < self.cfg.train.max_steps <= int(state["step"]):
+            # the checkpoint at max_steps was saved (at an epoch end or checkpoint_every_steps) before the stop
+            progress.stopped = f"reached train.max_steps={self.cfg.train.max_steps}"
         if progress.stopped and self._limit_raised(progress, int(state["step"])):
             print(f"continuing a run that had {progress.stopped}: the config now allows more", flush=True)
             progress.stopped = ""
