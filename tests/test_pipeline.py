@@ -1,8 +1,9 @@
 """The Grain training pipeline: deterministic, every user once per epoch, resumable at any batch."""
 
 import numpy as np
+import pytest
 
-from seqjax.data.pipeline import TrainBatches, TrainBatchSpec, eval_batches, records
+from seqjax.data.pipeline import TrainBatches, TrainBatchSpec, default_buckets, eval_batches, records
 
 
 def _spec(seed=0):
@@ -42,17 +43,22 @@ def test_epoch_covers_every_trainable_user_once_and_shifts_targets(tiny_data):
         assert not batch["lengths"][len(batch_ids):].any()  # filler rows carry no weight
 
 
-def test_eval_batches_keep_full_history_and_targets(tiny_data):
+@pytest.mark.parametrize("buckets", [None, (20,), (4, 8, 20)])
+def test_eval_batches_keep_full_history_and_targets(tiny_data, buckets):
     valid = records(tiny_data, "valid")
-    seen = 0
-    for batch in eval_batches(tiny_data, "valid", 64, 20):
+    seen = []
+    for batch in eval_batches(tiny_data, "valid", 64, 20, buckets):
+        width = batch["items"].shape[1]
+        assert width in (buckets or default_buckets(20)) and batch["timestamps"].shape == batch["items"].shape
         for row in np.flatnonzero(batch["valid"]):
-            rec = valid[seen]
+            rec = valid[int(batch["index"][row])]
             np.testing.assert_array_equal(batch["history"][row, :len(rec.items)], rec.items)
             np.testing.assert_array_equal(batch["items"][row, :batch["lengths"][row]], rec.items[-20:])
-            assert batch["targets"][row] == rec.target
-            seen += 1
-    assert seen == len(valid)
+            assert not batch["items"][row, batch["lengths"][row]:].any()
+            assert batch["targets"][row] == rec.target and batch["users"][row] == rec.user
+            seen.append(int(batch["index"][row]))
+        assert not batch["valid"][batch["index"] < 0].any()
+    assert sorted(seen) == list(range(len(valid)))
 
 
 def test_target_counts_count_exactly_the_trained_targets(tiny_data):

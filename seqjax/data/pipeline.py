@@ -165,24 +165,33 @@ def _pad_rows(rows: Sequence[np.ndarray], width: int) -> np.ndarray:
 
 
 def eval_batches(data_dir: str | os.PathLike, split: str, batch_size: int, max_len: int,
-                 ) -> Iterator[dict[str, np.ndarray]]:
-    """Evaluation batches in record order: model input (last max_len history items), the full
-    history (for seen-item filtering) padded to a power of two, targets and user ids.
+                 buckets: Sequence[int] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Evaluation batches: model input (last max_len history items), the full history (for seen-item
+    filtering) padded to a power of two, targets, user ids and `index`, each row's record number.
 
-    The final batch is padded with empty rows marked `valid = False` so shapes repeat.
+    Records go shortest input first and each batch is padded only to the smallest of `buckets` (default
+    `default_buckets(max_len)`; `(max_len,)` pads every batch to max_len) that fits it: a model's output at
+    a row's last position does not depend on padding, and evaluation runs on ~85% real positions instead
+    of ~53% on ML-1M. The final batch is padded with empty rows marked `valid = False`.
     """
+    buckets = tuple(buckets or default_buckets(max_len))
     ds = records(data_dir, split)
+    lengths = np.array([min(len(ds[i].items), max_len) for i in range(len(ds))], np.int64)
+    order = np.argsort(lengths, kind="stable")
     for start in range(0, len(ds), batch_size):
-        recs = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
+        index = order[start:start + batch_size]
+        recs = [ds[int(i)] for i in index]
         n = len(recs)
         pad = batch_size - n
+        width = next((b for b in buckets if b >= lengths[index].max()), max_len)
         inputs = [r.items[-max_len:] for r in recs] + [np.zeros(0, np.int32)] * pad
         hist = [r.items for r in recs] + [np.zeros(0, np.int32)] * pad
         hist_width = 1 << max(4, int(max(len(h) for h in hist) - 1).bit_length())
         yield {
-            "items": _pad_rows(inputs, max_len),
+            "index": np.concatenate([index, np.full(pad, -1)]).astype(np.int64),
+            "items": _pad_rows(inputs, width),
             "lengths": np.array([len(s) for s in inputs], np.int32),
-            "timestamps": rebased_times([r.timestamps[-max_len:] for r in recs], batch_size, max_len),
+            "timestamps": rebased_times([r.timestamps[-max_len:] for r in recs], batch_size, width),
             "history": _pad_rows(hist, hist_width),
             "targets": np.array([r.target for r in recs] + [0] * pad, np.int32),
             "users": np.array([r.user for r in recs] + [-1] * pad, np.int64),

@@ -34,19 +34,22 @@ def make_rank_fn(graphdef: nnx.GraphDef, mesh: Mesh, filter_seen: bool, use_time
 
 
 def rank_split(rank_batch: Callable[[dict], tuple], data_dir: str | os.PathLike, split: str, batch_size: int,
-               max_len: int) -> dict[str, np.ndarray]:
+               max_len: int, buckets: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
     """Ranks every record of `split` with `rank_batch(batch) -> (ranks [B], target scores [B])`;
-    returns per-user arrays: users, targets, ranks, scores, history_has_target."""
-    out: dict[str, list] = {"users": [], "targets": [], "ranks": [], "scores": [], "history_has_target": []}
-    for b in eval_batches(data_dir, split, batch_size, max_len):
+    returns per-user arrays in record order: users, targets, ranks, scores, history_has_target."""
+    out: dict[str, list] = {"index": [], "users": [], "targets": [], "ranks": [], "scores": [],
+                            "history_has_target": []}
+    for b in eval_batches(data_dir, split, batch_size, max_len, buckets):
         ranks, scores = rank_batch(b)
         keep = b["valid"]
+        out["index"].append(b["index"][keep])
         out["users"].append(b["users"][keep])
         out["targets"].append(b["targets"][keep])
         out["ranks"].append(np.asarray(ranks)[keep])
         out["scores"].append(np.asarray(scores)[keep])
         out["history_has_target"].append(((b["history"] == b["targets"][:, None]).any(1))[keep])
-    return {k: np.concatenate(v) for k, v in out.items()}
+    order = np.argsort(np.concatenate(out.pop("index")))  # batches go by input length
+    return {k: np.concatenate(v)[order] for k, v in out.items()}
 
 
 def neural_ranker(rank_fn: Callable, params) -> Callable[[dict], tuple]:
