@@ -47,7 +47,7 @@ def main() -> None:
         full, bucketed = (float(np.median(seconds[n])) for n in variants)
         same = "identical" if np.array_equal(ranks["full"], ranks["bucketed"]) else \
             f"{int((ranks['full'] != ranks['bucketed']).sum())} differ"
-        print(f"{str(workdir):<32} {len(ranks['full']):>6} {full:>13.2f} {bucketed:>11.2f} {full / bucketed:>6.2f}  "
+        print(f"{workdir!s:<32} {len(ranks['full']):>6} {full:>13.2f} {bucketed:>11.2f} {full / bucketed:>6.2f}  "
               f"{same}", flush=True)
 
 
