@@ -43,6 +43,7 @@ def test_attention_is_ignored_with_a_warning_by_kinds_without_attention():
     ("train.eval_every_epochs=0", "train.eval_every_epochs=0 must be >= 1"),
     ("train.log_every_steps=0", "train.log_every_steps=0 must be >= 1"),
     ("train.max_steps=-1", "train.max_steps=-1 must be >= 0"),
+    ("train.num_devices=0", "train.num_devices=0 must be >= 1"),
 ])
 def test_train_settings_that_would_fail_later_are_refused_at_load(override, message):
     # each used to pass load and fail after an epoch (KeyError) or inside jit (division by zero)

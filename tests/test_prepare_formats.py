@@ -214,6 +214,7 @@ def test_parquet_nanosecond_times_and_a_corrupt_file(tmp_path):
                                                    pa.timestamp("ns"))}), path)
     events, _, unit = clean(read_generic(path, Columns()))
     assert unit == "iso" and events.timestamp.tolist() == [1_500_000_000, 1_500_000_001]
+    assert events.micros.tolist() == [123_456, 999_999]  # truncated to microseconds
     data = path.read_bytes()  # a good footer (schema) over a damaged first page header
     path.write_bytes(data[:4] + b"\xff" * 16 + data[20:])
     assert pq.read_schema(path).names == ["user_id", "item_id", "timestamp"]
@@ -249,3 +250,16 @@ def test_generic_without_timestamps_keeps_file_order(tmp_path):
     assert t.timestamp is None
     events, _, unit = clean(t)
     assert unit is None and events.order.tolist() == [0, 1, 2]
+
+
+def test_sub_second_parts_survive_a_row_arrow_rejects_and_typed_times_out_of_range_name_the_file(tmp_path):
+    # one invalid ISO string sends its group to the row-by-row parser, which must keep the fractions
+    parsed = times(["2017-07-14T02:40:00.900", "2017-13-01T00:00:00", "2017-07-14T02:40:00.100"])
+    assert parsed.ok.tolist() == [True, False, True] and parsed.micros.tolist() == [900_000, 0, 100_000]
+    assert times(["1500000000.25", "1500000000.5"]).micros.tolist() == [250_000, 500_000]
+    assert times(["1500000000900", "1500000001000"]).micros.tolist() == [900_000, 0]
+    path = tmp_path / "far.parquet"
+    pq.write_table(pa.table({"user_id": ["u"], "item_id": ["a"],
+                             "timestamp": pa.array([2**60], pa.timestamp("ms"))}), path)
+    with pytest.raises(PrepareError, match=f"{path}: timestamp column: .*out of bounds"):
+        clean(read_generic(path, Columns()))

@@ -294,12 +294,17 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+# Bumped whenever the same inputs and config give other data, so that runs refuse data prepared by another
+# version (2: sub-second order and exact duplicates, the cap before k-core, training-period categories).
+CLEANING_VERSION = 2
+
+
 def _metadata(cfg: PrepareConfig, inputs, tables, split: Split, report: dict, has_timestamps: bool,
               unit: str | None, time_range, repeats: bool, command: str) -> dict:
     files = [{"role": role, "path": str(Path(path).resolve()), "sha256": _sha256(path),
               "bytes": Path(path).stat().st_size} for role, path in inputs]
     config = to_dict(cfg)
-    identity = {"schema_version": SCHEMA_VERSION,
+    identity = {"schema_version": SCHEMA_VERSION, "cleaning_version": CLEANING_VERSION,
                 "inputs": sorted(f"{f['role']}:{f['sha256']}" for f in files),
                 "config": {k: v for k, v in config.items() if k not in _NOT_IN_CHECKSUM}}
     if cfg.task is None:

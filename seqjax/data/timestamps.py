@@ -1,4 +1,5 @@
-"""Timestamp parsing: unix seconds (integer or fractional), unix milliseconds or ISO-8601 -> int64 seconds.
+"""Timestamp parsing: unix seconds (integer or fractional), unix milliseconds or ISO-8601 -> int64 seconds,
+and the sub-second part in microseconds (which orders events within a second).
 
 The unit is decided once per column, from the values: numbers that read as a date in 1990-2100 when
 taken as seconds are seconds, those that do when taken as milliseconds are milliseconds; strings shaped
@@ -74,8 +75,9 @@ def classify(values: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = len(values)
     t = values.type
     if pa.types.is_timestamp(t) or pa.types.is_date(t):
-        # safe=False: nanosecond times lose their sub-microsecond part
-        us = pc.cast(pc.cast(values, pa.timestamp("us", getattr(t, "tz", None)), safe=False), pa.int64())
+        # nanosecond times lose their sub-microsecond part; out-of-range values still raise
+        us = pc.cast(pc.cast(values, options=pc.CastOptions(pa.timestamp("us", getattr(t, "tz", None)),
+                                                            allow_time_truncate=True)), pa.int64())
         ok = pc.is_valid(us).to_numpy(zero_copy_only=False)
         secs, micros = np.divmod(pc.fill_null(us, 0).to_numpy(zero_copy_only=False), 1_000_000)
         return secs.astype(np.float64), np.where(ok, ISO, BAD).astype(np.int8), micros
@@ -108,12 +110,13 @@ def _parse_iso(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         try:
             us[mask], ok[mask] = pc.cast(pc.cast(part, unit), pa.int64()).to_numpy(zero_copy_only=False), True
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            # Some value Arrow rejects (month 13, an offset form it lacks): parse one by one (whole seconds).
+            # Some value Arrow rejects (month 13, an offset form it lacks): parse one by one.
             for i, s in zip(np.flatnonzero(mask), part.to_pylist()):
                 try:
-                    us[i], ok[i] = parse_time(s, "timestamp") * 1_000_000, True
+                    seconds = parse_time(s, "timestamp")
                 except PrepareError:
-                    pass
+                    continue
+                us[i], ok[i] = seconds * 1_000_000 + dt.datetime.fromisoformat(s).microsecond, True
     return us, ok
 
 
@@ -131,7 +134,12 @@ def parse_columns(columns: Sequence[pa.Array], files: Sequence[str], lines: Sequ
 
     `unit="auto"` detects it; mixing units raises PrepareError naming a line of each kind.
     """
-    parts = [classify(c) for c in columns]
+    parts = []
+    for column, path in zip(columns, files):
+        try:
+            parts.append(classify(column))
+        except pa.ArrowInvalid as e:  # a typed (Parquet) time column Arrow cannot convert
+            raise PrepareError(f"{path}: timestamp column: {e}") from None
     value = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0)
     kind = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int8)
     iso_micros = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int64)

@@ -69,7 +69,8 @@ def evaluate(workdir: str | Path, split: str = "valid", checkpoint: str = "best"
         chosen = {"step": None, "epoch": None, "chosen": "count-based model: one fitted artefact, no epochs"}
     else:
         rank_batch, chosen = _neural_ranker(workdir, cfg, metadata, checkpoint, filter_seen)
-    ranked = rank_split(rank_batch, cfg.data.path, split, cfg.data.eval_batch_size, cfg.data.max_len)
+    ranked = rank_split(rank_batch, cfg.data.path, split, cfg.data.eval_batch_size, cfg.data.max_len,
+                        tuple(cfg.data.buckets) or None)
     metrics = ranking_metrics(ranked["ranks"], metadata["num_items"], cfg.eval.ks)
     count = metrics.pop("count")
     n = len(ranked["ranks"])

@@ -65,6 +65,6 @@ def count_model_ranker(model, filter_seen: bool) -> Callable[[dict], tuple]:
         target_scores = np.take_along_axis(scores, np.maximum(b["targets"], 0)[:, None], axis=1)[:, 0]
         # Ranked by each row's order (dense ranks, exact in float32): casting the float64 scores would merge
         # scores that differ only by the popularity back-off, and ties count against the target.
-        order = stats.rankdata(scores, method="dense", axis=1).astype(np.float32)
+        order = stats.rankdata(scores, method="dense", axis=1, nan_policy="omit").astype(np.float32)  # NaN stays NaN
         return rank(order, b["targets"], b["history"], filter_seen), target_scores
     return rank_batch

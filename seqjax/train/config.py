@@ -153,6 +153,12 @@ class ExperimentConfig:
         if self.model.kind in NO_CUDNN_KINDS and self.model.attention == "xla":
             raise ConfigError(f"model.attention=xla: model.kind={self.model.kind} uses "
                               f"{NO_CUDNN_KINDS[self.model.kind]}; use reference or blockwise")
+        for name in ("epochs", "eval_every_epochs", "loss_chunk", "log_every_steps", "num_devices"):
+            if getattr(self.train, name) < 1:
+                raise ConfigError(f"train.{name}={getattr(self.train, name)} must be >= 1")
+        for name in ("checkpoint_every_steps", "max_steps", "patience"):
+            if getattr(self.train, name) < 0:
+                raise ConfigError(f"train.{name}={getattr(self.train, name)} must be >= 0")
         if self.data.batch_size % self.train.num_devices:
             raise ConfigError(f"data.batch_size={self.data.batch_size} does not divide by "
                               f"train.num_devices={self.train.num_devices}")
@@ -172,12 +178,6 @@ class ExperimentConfig:
         elif self.train.metric not in {"MRR", *(f"{m}@{k}" for m in ("HR", "NDCG") for k in self.eval.ks)}:
             raise ConfigError(f"train.metric={self.train.metric!r}: use MRR, or HR@K or NDCG@K with K in "
                               f"eval.ks={list(self.eval.ks)}")
-        for name in ("epochs", "eval_every_epochs", "loss_chunk", "log_every_steps", "num_devices"):
-            if getattr(self.train, name) < 1:
-                raise ConfigError(f"train.{name}={getattr(self.train, name)} must be >= 1")
-        for name in ("checkpoint_every_steps", "max_steps", "patience"):
-            if getattr(self.train, name) < 0:
-                raise ConfigError(f"train.{name}={getattr(self.train, name)} must be >= 0")
 
 
 def check_cudnn(cfg: ExperimentConfig, backend: str | None = None, compute_capability: str | None = None) -> None:

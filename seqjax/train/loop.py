@@ -118,7 +118,7 @@ class Trainer(CheckpointedRun):
     # -- validation --------------------------------------------------------------------------
     def validate(self, params) -> dict[str, float]:
         ranked = rank_split(neural_ranker(self.rank_fn, params), self.cfg.data.path, "valid",
-                            self.cfg.data.eval_batch_size, self.cfg.data.max_len)
+                            self.cfg.data.eval_batch_size, self.cfg.data.max_len, tuple(self.cfg.data.buckets) or None)
         return ranking_metrics(ranked["ranks"], self.metadata["num_items"], self.cfg.eval.ks)
 
     # -- the loop ----------------------------------------------------------------------------
