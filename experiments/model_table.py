@@ -66,12 +66,19 @@ def mean_se(values: list[float]) -> str:
 
 def print_table(rows: list[dict], args, train_users: int) -> None:
     p = rows[0]["protocol"]
+    keys = ("candidates", "filter_seen", "split")
+    differ = sorted({r["kind"] for r in rows if any(r["protocol"].get(k) != p.get(k) for k in keys)})
+    if differ:  # e.g. --set eval.filter_seen=... reaches the neural kinds only
+        print(f"warning: {', '.join(differ)} evaluated under another protocol than {rows[0]['kind']} "
+              f"({', '.join(keys)}): not comparable rows")
     print(f"\n# ML-1M model table: {Path(args.data_file).name}")
     print(f"protocol: leave-one-out, test split, {p['candidates']}, filter_seen={p['filter_seen']['applied']}, "
           "checkpoint = best validation NDCG@10 (count models: the one fit), mean +- standard error over seeds")
     print("train s / to best: training seconds summed over every epoch (resumed stretches included, validation "
           "excluded), in total and up to the chosen epoch (count models: the fit); a loaded machine's times when "
           "--parallel > 1")
+    print("s/epoch: mean over seeds of each run's median training epoch (validation and the compiling first epoch "
+          "excluded); seq/s: training users / s/epoch")
     print(f"{'kind':<9} {'seeds':>5} {'NDCG@10':>16} {'HR@10':>16} {'MRR':>16} {'best ep':>8} {'s/epoch':>8} "
           f"{'seq/s':>7} {'train s':>8} {'to best':>8}")
     for kind in dict.fromkeys(r["kind"] for r in rows):

@@ -79,10 +79,12 @@ def _compare(args: argparse.Namespace) -> int:
     from seqjax.evaluation.compare import compare, print_comparison
     metrics = tuple(args.metrics)
     try:
-        result = compare(args.a, args.b, metrics, args.resamples)
+        result = compare(args.a, args.b, metrics, args.resamples, args.seed)
     except ValueError as e:  # evaluations that cannot be paired (other users, protocol or metric): a refusal
         print(f"error: {e}", file=sys.stderr)
         return 2
+    print(f"command: seqjax compare {args.a} {args.b} --metrics {' '.join(metrics)} --resamples {args.resamples} "
+          f"--seed {args.seed}")
     print_comparison(result, args.a, args.b, metrics)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
@@ -141,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b", help="evaluation JSON of the model compared with it")
     p.add_argument("--metrics", nargs="+", default=["NDCG@10", "HR@10", "MRR"])
     p.add_argument("--resamples", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap's resampling")
     p.add_argument("--json", default=None, help="also write the comparison here")
     p.set_defaults(func=_compare)
 

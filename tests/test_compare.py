@@ -40,6 +40,20 @@ def test_paired_difference_is_the_difference_of_per_user_metrics(tmp_path):
         assert 0 < lo <= out[name]["diff"] <= hi  # B is never worse per user, and better for some
     same = compare(a, a, ("NDCG@10",), resamples=50)
     assert same["NDCG@10"]["diff"] == 0 and same["NDCG@10"]["ci"] == [0.0, 0.0]
+    # the seed is reported and changes only the interval
+    other = compare(a, b, ("NDCG@10", "HR@5", "MRR"), resamples=500, seed=1)
+    assert (out["seed"], other["seed"]) == (0, 1) and other["NDCG@10"]["diff"] == out["NDCG@10"]["diff"]
+    assert other["NDCG@10"]["ci"] != out["NDCG@10"]["ci"]
+
+
+def test_cli_prints_its_command_and_seed(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    a = _write(tmp_path / "a.json", rng.integers(1, NUM_ITEMS + 2, 50))
+    b = _write(tmp_path / "b.json", rng.integers(1, NUM_ITEMS + 2, 50))
+    assert main(["compare", str(a), str(b), "--resamples", "100", "--seed", "7"]) == 0
+    out = capsys.readouterr().out
+    assert f"command: seqjax compare {a} {b} --metrics NDCG@10 HR@10 MRR --resamples 100 --seed 7" in out
+    assert "(100 resamples, seed 7)" in out
 
 
 def test_different_protocols_users_or_stale_csvs_are_refused(tmp_path, capsys):

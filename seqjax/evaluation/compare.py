@@ -72,7 +72,7 @@ def compare(path_a: str | Path, path_b: str | Path, metrics: tuple[str, ...] = (
         values.append(per_user)
     rng = np.random.default_rng(seed)
     draws = [rng.integers(0, len(users), (min(100, resamples - i), len(users))) for i in range(0, resamples, 100)]
-    out = {"users": len(users), "resamples": resamples,
+    out = {"users": len(users), "resamples": resamples, "seed": seed,
            "protocol": {".".join(p): _field(a["protocol"], p) for p in SAME_PROTOCOL}}
     for name in metrics:
         d = values[1][name] - values[0][name]
@@ -83,7 +83,8 @@ def compare(path_a: str | Path, path_b: str | Path, metrics: tuple[str, ...] = (
 
 
 def print_comparison(result: dict, path_a: str, path_b: str, metrics: tuple[str, ...]) -> None:
-    print(f"B - A over the same {result['users']} users, 95% paired bootstrap ({result['resamples']} resamples)")
+    print(f"B - A over the same {result['users']} users, 95% paired bootstrap ({result['resamples']} resamples, "
+          f"seed {result['seed']})")
     print(f"  A = {path_a}\n  B = {path_b}")
     print("  " + ", ".join(f"{k}={v}" for k, v in result["protocol"].items() if k != "dataset.checksum"))
     print(f"  {'metric':<9} {'A':>8} {'B':>8} {'B - A':>9}  95% CI")
