@@ -162,8 +162,11 @@ def main() -> None:
                 for s in (args.seeds if k in neural else [None])] for k in kinds}
 
     first = runs[kinds[0]][0]["test"]["protocol"]
-    print(f"\n# {args.dataset}: {spec['task']}, test split, {first.get('examples')} examples; "
-          "mean+-SE over seeds for sequence models, 95% CI of one run in brackets otherwise")
+    task, balance = first.get("task", {}), first.get("split", {}).get("class_balance", {})
+    print(f"\n# {args.dataset}: {spec['task']} at {task.get('level')} level, horizon {task.get('horizon')}, test split: "
+          f"{first.get('examples')} examples of {first.get('users')} users, positive rate "
+          f"{balance.get('positive_rate', float('nan')):.3f}; mean+-SE over seeds for sequence models, otherwise one "
+          "run's 95% CI in brackets (1000 bootstrap resamples of users, seeded by the run's seed)")
     cols = ("ROC-AUC", "PR-AUC", "log_loss", "Brier", "F1", "ECE")
     print(f"{'model':<12} {'seeds':>5} {'valid PR-AUC':>13} " + " ".join(f"{c:>22}" for c in cols))
     for kind, rs in runs.items():
@@ -184,10 +187,10 @@ def main() -> None:
         ex_c, user_of, labels, prob_c = scores(runs[best_c][0]["test"])
         print(f"\nbest on validation PR-AUC: classical {best_c} ({valid_score[best_c]:.3f}), "
               f"sequence {best_s} ({valid_score[best_s]:.3f}); test difference {best_s} - {best_c}, paired over "
-              "the same examples, 95% bootstrap over users:")
+              "the same examples, 95% bootstrap over users (1000 resamples, seed 0):")
         for seed, r in zip(args.seeds, runs[best_s]):
-            ex_s, _, labels_s, prob_s = scores(r["test"])
-            if not (np.array_equal(ex_s, ex_c) and np.array_equal(labels_s, labels)):
+            ex_s, user_s, labels_s, prob_s = scores(r["test"])
+            if not (np.array_equal(ex_s, ex_c) and np.array_equal(user_s, user_of) and np.array_equal(labels_s, labels)):
                 raise SystemExit(f"{best_s} seed {seed} and {best_c} scored different examples")
             parts = []
             for metric in ("ROC-AUC", "PR-AUC"):
