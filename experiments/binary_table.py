@@ -163,8 +163,8 @@ def main() -> None:
 
     first = runs[kinds[0]][0]["test"]["protocol"]
     task, balance = first.get("task", {}), first.get("split", {}).get("class_balance", {})
-    print(f"\n# {args.dataset}: {spec['task']} at {task.get('level')} level, horizon {task.get('horizon')}, test split: "
-          f"{first.get('examples')} examples of {first.get('users')} users, positive rate "
+    print(f"\n# {args.dataset}: {spec['task']} at {task.get('level')} level, horizon {task.get('horizon')}, "
+          f"test split: {first.get('examples')} examples of {first.get('users')} users, positive rate "
           f"{balance.get('positive_rate', float('nan')):.3f}; mean+-SE over seeds for sequence models, otherwise one "
           "run's 95% CI in brackets (1000 bootstrap resamples of users, seeded by the run's seed)")
     cols = ("ROC-AUC", "PR-AUC", "log_loss", "Brier", "F1", "ECE")
@@ -190,7 +190,8 @@ def main() -> None:
               "the same examples, 95% bootstrap over users (1000 resamples, seed 0):")
         for seed, r in zip(args.seeds, runs[best_s]):
             ex_s, user_s, labels_s, prob_s = scores(r["test"])
-            if not (np.array_equal(ex_s, ex_c) and np.array_equal(user_s, user_of) and np.array_equal(labels_s, labels)):
+            same = (ex_s, ex_c), (user_s, user_of), (labels_s, labels)
+            if not all(np.array_equal(a, b) for a, b in same):
                 raise SystemExit(f"{best_s} seed {seed} and {best_c} scored different examples")
             parts = []
             for metric in ("ROC-AUC", "PR-AUC"):

@@ -14,6 +14,7 @@ into full-width rows instead (seqjax/data/packing.py): almost no padding even fo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Iterator, Sequence
 
@@ -164,6 +165,21 @@ def _pad_rows(rows: Sequence[np.ndarray], width: int) -> np.ndarray:
     return out
 
 
+def _input_lengths(data_dir: str | os.PathLike, split: str, max_len: int) -> np.ndarray:
+    """Each record's model-input length (read-only). Cached per shard files (path, size, mtime): every
+    validation reads the same split again, and decoding it costs about as much as the batches themselves."""
+    stamp = tuple((p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in split_paths(data_dir, split))
+    return _cached_lengths(stamp, str(data_dir), split, max_len)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_lengths(stamp: tuple, data_dir: str, split: str, max_len: int) -> np.ndarray:
+    ds = records(data_dir, split)
+    lengths = np.array([min(len(ds[i].items), max_len) for i in range(len(ds))], np.int64)
+    lengths.setflags(write=False)
+    return lengths
+
+
 def eval_batches(data_dir: str | os.PathLike, split: str, batch_size: int, max_len: int,
                  buckets: Sequence[int] | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Evaluation batches: model input (last max_len history items), the full history (for seen-item
@@ -176,7 +192,7 @@ def eval_batches(data_dir: str | os.PathLike, split: str, batch_size: int, max_l
     """
     buckets = tuple(sorted({b for b in (buckets or default_buckets(max_len)) if b < max_len} | {max_len}))
     ds = records(data_dir, split)
-    lengths = np.array([min(len(ds[i].items), max_len) for i in range(len(ds))], np.int64)
+    lengths = _input_lengths(data_dir, split, max_len)
     order = np.argsort(lengths, kind="stable")
     for start in range(0, len(ds), batch_size):
         index = order[start:start + batch_size]

@@ -1,7 +1,7 @@
 """Clean events -> final ids and train/valid/test `SequenceRecord`s, by leave-one-out or by time.
 
-Ids are given by first appearance in time order (time to the microsecond, then read order), so they do not depend
-on how the raw ids look: users 0..U-1, items 1..V (0 is padding), categories 1..C (0 = none).
+Ids are given by first appearance in time order (time to the microsecond, then read order), so they do not
+depend on how the raw ids look: users 0..U-1, items 1..V (0 is padding), categories 1..C (0 = none).
 
 `loo`: a user's last event is the test target and the second-last the validation target.
   train = events[:-2]; valid = (events[:-2] -> events[-2]); test = (events[:-1] -> events[-1]), so the
@@ -10,10 +10,11 @@ on how the raw ids look: users 0..U-1, items 1..V (0 is padding), categories 1..
   train = each user's events before valid_cut (users with none get no train record);
   valid = for users with an event in [valid_cut, test_cut): events before valid_cut -> first event at/after it;
   test  = for users with an event >= test_cut: events before test_cut -> first event at/after it.
-  The item and category vocabularies are the training period's only (other categories read as 0, none). History items outside it are dropped from
-  histories (counted as `oov_history_events`); a target outside it is kept with target id -1 (OOV_TARGET):
-  evaluation must count it as a miss, and its share is reported as `oov_target_share`. Valid/test
-  histories may be empty under `temporal` (a user first seen after the cut); never under `loo`.
+  The item and category vocabularies are the training period's only (other categories read as 0, none).
+  History items outside it are dropped from histories (counted as `oov_history_events`); a target outside
+  it is kept with target id -1 (OOV_TARGET): evaluation must count it as a miss, and its share is reported
+  as `oov_target_share`. Valid/test histories may be empty under `temporal` (a user first seen after the
+  cut); never under `loo`.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def make_split(events: Events, kind: str, valid_cut: str = "q0.8", test_cut: str
     """Assigns final ids and builds the records of `kind` ('loo' or 'temporal'); see the module doc."""
     if not len(events):
         raise PrepareError("no events left to split")
-    by_time = np.lexsort((events.order, events.micros, events.timestamp))
+    time = events.time_key()
+    by_time = np.lexsort((events.order, time))
     user_id = first_appearance_ids(events.user[by_time], len(events.user_names))
     protocol: dict = {"kind": kind}
     if kind == "loo":
@@ -109,7 +111,7 @@ def make_split(events: Events, kind: str, valid_cut: str = "q0.8", test_cut: str
 
     # Final-id columns, each user's events together and oldest first.
     uid = user_id[events.user]
-    order = np.lexsort((events.order, events.micros, events.timestamp, uid))
+    order = np.lexsort((events.order, time, uid))
     cols = _Columns(user=uid[order], item=item_id[events.item[order]].astype(np.int32),
                     ts=events.timestamp[order], event=events.event[order].astype(np.int8),
                     category=_category_ids(events.category[order], cat_id))

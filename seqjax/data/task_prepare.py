@@ -167,7 +167,7 @@ def final_events(events: Events, split: Split) -> TaskEvents:
     has = events.category > 0
     if has.any():
         category[has] = _ids(events.category[has] - 1, events.category_names, split.categories, 1)
-    order = np.lexsort((events.order, events.micros, events.timestamp, user))
+    order = np.lexsort((events.order, events.time_key(), user))
     return TaskEvents(user[order], item[order], events.timestamp[order], events.event[order], category[order],
                       events.price[order])
 

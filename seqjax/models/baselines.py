@@ -3,7 +3,8 @@
 Every baseline follows one protocol (`Baseline`): `fit(sequences, num_items)` on the users' training
 sequences (int arrays of item ids 1..V, oldest first), then `score(history)` for a batch of histories
 [B, L] right-padded with 0 -> float64 scores [B, V+1] whose column 0 (padding) is -inf (float64: the
-1e-6 popularity back-off must still break ties between scores near 1). History ids outside 1..V are ignored, as padding.
+1e-6 popularity back-off must still break ties between scores near 1). History ids outside 1..V are
+ignored, as padding.
 `save(path)` writes one `.npz` (config, popularity counts, sparse matrices as their CSR arrays);
 `load(path)` reads any baseline back.
 

@@ -81,7 +81,7 @@ class SASRec(NextItemModel):
         per_block = self.blocks[0].num_keys if len(self.blocks) else 0
         keys = None if key is None else jax.random.split(key, 1 + per_block * len(self.blocks))
         x = lookup(self.item_embed, items) * self.item_embed.features ** 0.5  # a Python float keeps x's dtype
-        x = x + (lookup(self.pos_embed, jnp.arange(t))[None] if positions is None else lookup(self.pos_embed, positions))
+        x = x + lookup(self.pos_embed, jnp.arange(t)[None] if positions is None else positions)
         x = self.drop(x, deterministic=keys is None, rngs=None if keys is None else keys[0])
         for i, block in enumerate(self.blocks):
             block_keys = None if keys is None else keys[1 + per_block * i: 1 + per_block * (i + 1)]

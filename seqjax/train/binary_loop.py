@@ -272,33 +272,8 @@ class BinaryTrainer(CheckpointedRun):
                                 ranking_metrics(ranked["rank"], self.data.num_items).items()})
         return metrics
 
-    def run(self) -> dict[str, Any]:
-        state, progress, resumed = self._restore()
-        if not progress.stopped and 0 < self.cfg.max_steps <= int(state["step"]):
-            # the checkpoint at max_steps was saved (at an epoch end or checkpoint_every_steps) before the stop
-            progress.stopped = f"reached max_steps={self.cfg.max_steps}"
-        if progress.stopped and self._limit_raised(progress, int(state["step"])):
-            print(f"continuing a run that had {progress.stopped}: the config now allows more", flush=True)
-            progress.stopped = ""
-        if progress.stopped:
-            print(f"run in {self.workdir} already finished ({progress.stopped}); nothing to do", flush=True)
-            return self._summary(progress)
-        tb = ScalarWriter(self.workdir / "tensorboard")
-        if resumed:
-            tb.start(int(state["step"]) + 1)  # keeps what the checkpoint step itself logged
-        try:
-            self._epochs(state, progress, tb)
-        finally:
-            tb.close()
-        return self._summary(progress)
-
-    def _limit_raised(self, progress: Progress, step: int) -> bool:
-        """A run stopped by its epoch or step limit goes on when the config raises that limit."""
-        if progress.stopped.startswith("reached epochs="):
-            return progress.epoch < self.cfg.epochs
-        if progress.stopped.startswith("reached max_steps="):
-            return self.cfg.max_steps == 0 or step < self.cfg.max_steps
-        return False
+    def _limits(self) -> tuple[int, int]:
+        return self.cfg.epochs, self.cfg.max_steps
 
     def _epochs(self, state: dict, progress: Progress, tb: ScalarWriter) -> None:
         cfg = self.cfg

@@ -67,8 +67,35 @@ class Progress:
 
 
 class CheckpointedRun:
-    """Restore-or-create and save-once over a CheckpointStore, shared by the next-item and sequence-task
-    trainers. Subclasses set `store`, `abstract_state` and `_create`."""
+    """Restore-or-create, save-once and the resumable run over a CheckpointStore, shared by the next-item and
+    sequence-task trainers. Subclasses set `store`, `abstract_state`, `workdir`, `limit_prefix` and `_create`,
+    `_limits`, `_epochs`, `_summary`."""
+
+    limit_prefix = ""  # how stop reasons name the epoch and step limits: "train." or "" (sequence tasks)
+
+    def run(self) -> dict[str, Any]:
+        state, progress, resumed = self._restore()
+        step, (epochs, max_steps), p = int(state["step"]), self._limits(), self.limit_prefix
+        if not progress.stopped and 0 < max_steps <= step:
+            # the checkpoint at max_steps was saved (at an epoch end or checkpoint_every_steps) before the stop
+            progress.stopped = f"reached {p}max_steps={max_steps}"
+        # A run stopped by its epoch or step limit goes on when a (--allow-config-change) config raises that
+        # limit; an early stop or divergence stays final.
+        if (progress.stopped.startswith(f"reached {p}epochs=") and progress.epoch < epochs) or \
+                (progress.stopped.startswith(f"reached {p}max_steps=") and (max_steps == 0 or step < max_steps)):
+            print(f"continuing a run that had {progress.stopped}: the config now allows more", flush=True)
+            progress.stopped = ""
+        if progress.stopped:
+            print(f"run in {self.workdir} already finished ({progress.stopped}); nothing to do", flush=True)
+            return self._summary(progress)
+        tb = ScalarWriter(self.workdir / "tensorboard")
+        if resumed:
+            tb.start(step + 1)  # keeps what the checkpoint step itself logged
+        try:
+            self._epochs(state, progress, tb)  # updates `progress` in place
+        finally:
+            tb.close()
+        return self._summary(progress)
 
     def _restore(self) -> tuple[dict, Progress, bool]:
         restored = self.store.restore(self.abstract_state)
@@ -118,39 +145,15 @@ class Trainer(CheckpointedRun):
     # -- validation --------------------------------------------------------------------------
     def validate(self, params) -> dict[str, float]:
         ranked = rank_split(neural_ranker(self.rank_fn, params), self.cfg.data.path, "valid",
-                            self.cfg.data.eval_batch_size, self.cfg.data.max_len, tuple(self.cfg.data.buckets) or None)
+                            self.cfg.data.eval_batch_size, self.cfg.data.max_len,
+                            tuple(self.cfg.data.buckets) or None)
         return ranking_metrics(ranked["ranks"], self.metadata["num_items"], self.cfg.eval.ks)
 
     # -- the loop ----------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        state, progress, resumed = self._restore()
-        if not progress.stopped and 0 < self.cfg.train.max_steps <= int(state["step"]):
-            # the checkpoint at max_steps was saved (at an epoch end or checkpoint_every_steps) before the stop
-            progress.stopped = f"reached train.max_steps={self.cfg.train.max_steps}"
-        if progress.stopped and self._limit_raised(progress, int(state["step"])):
-            print(f"continuing a run that had {progress.stopped}: the config now allows more", flush=True)
-            progress.stopped = ""
-        if progress.stopped:
-            print(f"run in {self.workdir} already finished ({progress.stopped}); nothing to do", flush=True)
-            return self._summary(progress)
-        tb = ScalarWriter(self.workdir / "tensorboard")
-        if resumed:
-            tb.start(int(state["step"]) + 1)  # keeps what the checkpoint step itself logged
-        try:
-            state, progress = self._epochs(state, progress, tb)
-        finally:
-            tb.close()
-        return self._summary(progress)
+    limit_prefix = "train."
 
-    def _limit_raised(self, progress: Progress, step: int) -> bool:
-        """A run stopped by its epoch or step limit goes on when a (--allow-config-change) config raises
-        that limit; an early stop or divergence stays final."""
-        t = self.cfg.train
-        if progress.stopped.startswith("reached train.epochs="):
-            return progress.epoch < t.epochs
-        if progress.stopped.startswith("reached train.max_steps="):
-            return t.max_steps == 0 or step < t.max_steps
-        return False
+    def _limits(self) -> tuple[int, int]:
+        return self.cfg.train.epochs, self.cfg.train.max_steps
 
     def _epochs(self, state: dict, progress: Progress, tb: ScalarWriter) -> tuple[dict, Progress]:
         cfg = self.cfg
