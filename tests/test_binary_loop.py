@@ -368,6 +368,9 @@ def test_config_errors_name_the_field(data):
     with pytest.raises(ConfigError, match=r"sequence_task\.next_item\.loss: sampled .* needs item popularity"):
         SequenceTaskConfig(heads=("purchase", "next_item"), next_item=NextItemHeadConfig(
             loss=LossConfig(kind="sampled", sampler="popularity"))).validate()
+    with pytest.raises(ConfigError, match=r"sequence_task\.next_item\.loss\.exclude_own_items is for next-item"):
+        SequenceTaskConfig(heads=("purchase", "next_item"), next_item=NextItemHeadConfig(
+            loss=LossConfig(exclude_own_items=True))).validate()
     with pytest.raises(ConfigError, match="next_item needs a causal encoder"):
         SequenceTaskConfig(heads=("purchase", "next_item"), encoder=bidirectional).validate()
     with pytest.raises(ConfigError, match=r"sequence_task\.churn\.data: .* holds purchase labels"):

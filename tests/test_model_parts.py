@@ -8,7 +8,7 @@ import pytest
 from seqjax import config as config_lib
 from seqjax.models.attention import attention, reference_attention
 from seqjax.train.config import ExperimentConfig
-from seqjax.train.losses import dense_softmax_loss, full_softmax_loss
+from seqjax.train.losses import dense_softmax_loss, full_softmax_loss, own_items_of
 
 # Tolerances, fixed in one place.
 F32_ATOL = 1e-5
@@ -31,6 +31,36 @@ def test_chunked_loss_equals_dense_forward_and_gradients(chunk, skip_padding):
         np.testing.assert_allclose(a, b, atol=F32_ATOL)
     # Row 0 of the table (padding) is never a candidate: its gradient is exactly zero.
     assert not np.asarray(fast[1][1][0]).any()
+
+
+@pytest.mark.parametrize("skip_padding", [True, False])
+@pytest.mark.parametrize("chunk", [3, 16])
+def test_own_items_loss_equals_dense_with_a_brute_force_mask(chunk, skip_padding):
+    """Packed rows: row 0 holds two sequences, row 1 one, row 2 one with BERT4Rec's mask token (V + 1)."""
+    v, k = 11, jax.random.split(jax.random.key(3), 2)
+    h, table = jax.random.normal(k[0], (3, 6, 8)), jax.random.normal(k[1], (v + 1, 8))
+    items = jnp.array([[3, 5, 7, 2, 4, 0], [1, 9, 9, 6, 0, 0], [8, 12, 10, 12, 0, 0]])
+    targets = jnp.array([[5, 7, 0, 4, 3, 0], [9, 9, 6, 2, 0, 0], [0, 11, 0, 8, 0, 0]])
+    segments = jnp.array([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0]])
+    weights = (targets > 0).astype(jnp.float32)
+    drop = np.zeros((3, 6, v + 1), bool)  # brute force: every item of the same sequence but the target
+    for b in range(3):
+        for t in range(6):
+            same = [int(x) for s_, x in zip(np.r_[segments[b], segments[b]], np.r_[items[b], targets[b]])
+                    if s_ == segments[b, t] and 1 <= x <= v]
+            drop[b, t, same] = True
+            drop[b, t, targets[b, t]] = False
+    assert drop[0, 0, [3, 7]].all() and not drop[0, 0, [2, 4, 5]].any()  # row 0's two sequences stay apart
+    own = own_items_of(items, targets, segments)
+    fast = jax.jit(jax.value_and_grad(lambda h, t: full_softmax_loss(h, t, targets, weights, chunk,
+                                                                     skip_padding=skip_padding, own_items=own),
+                                      argnums=(0, 1)))(h, table)
+    slow = jax.value_and_grad(lambda h, t: dense_softmax_loss(h, t, targets, weights, jnp.asarray(drop)),
+                              argnums=(0, 1))(h, table)
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(slow)):
+        np.testing.assert_allclose(a, b, atol=F32_ATOL)
+    plain = full_softmax_loss(h, table, targets, weights, chunk, skip_padding=skip_padding)
+    assert float(fast[0]) < float(plain)  # leaving items out of a softmax lowers every position's loss
 
 
 def test_loss_matches_numpy_cross_entropy():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import REPO, TINY_OVERRIDES, tiny_config
 
+from seqjax.config import ConfigError
 from seqjax.evaluation.evaluate import evaluate
 from seqjax.train.checkpoint import CheckpointStore
 from seqjax.train.loop import Trainer, TrainingDiverged, train
@@ -222,6 +223,15 @@ def test_large_catalogue_losses_train_through_the_same_step(loss, tiny_data, tmp
     # on ranking: 300 items, full ranking, chance NDCG@10 ~0.01.
     summary = train(tiny_config(tiny_data, "train.epochs=3", *loss), tmp_path)
     assert summary["best_valid"]["NDCG@10"] > 0.05
+
+
+@pytest.mark.parametrize("extra", [["data.pack=true"], ["model.kind=bert4rec"]])
+def test_own_items_left_out_of_the_softmax_train_through_the_same_step(extra, tiny_data, tmp_path):
+    # Packed rows (segments) and BERT4Rec's mask token reach the loss's own-items mask through the step.
+    cfg = tiny_config(tiny_data, "train.epochs=3", "train.loss.exclude_own_items=true", *extra)
+    assert train(cfg, tmp_path)["best_valid"]["NDCG@10"] > 0.05  # chance ~0.01 over 300 items
+    with pytest.raises(ConfigError, match="train.loss.exclude_own_items=true needs train.loss.kind=full"):
+        tiny_config(tiny_data, "train.loss.exclude_own_items=true", "train.loss.kind=gbce")
 
 
 def test_max_steps_on_an_epoch_end_is_finished_on_rerun(tiny_data, tmp_path, capsys):

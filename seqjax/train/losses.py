@@ -4,6 +4,9 @@ Holding [B, T, V] logits at once costs B*T*V floats (128 x 200 x 3,417 = 350 MB 
 forward pass and again in the backward pass. Chunks of C positions are scored one at a time with a
 custom VJP that keeps only each position's log-sum-exp: the backward pass recomputes a chunk's [C, V]
 logits once and turns them into the gradient directly (softmax minus one-hot).
+
+Optionally (`own_items`) each position's softmax leaves out the other items of its own sequence, past and
+future: the items evaluation removes as seen, and the ones K&V's SASRec+ 3000 never samples as negatives.
 """
 
 from __future__ import annotations
@@ -11,33 +14,59 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+# own_items per chunk: (row [C] of each position, segment [C] of each position, the rows' items [R, S] and
+# their segments [R, S]); None scores every item.
+OwnItems = tuple[jax.Array, jax.Array, jax.Array, jax.Array] | None
+
+
+def _drop_mask(targets: jax.Array, own: OwnItems, num_items: int) -> jax.Array | None:
+    """[C, V] True where a position's logit leaves its softmax: an item of its own sequence (same row and
+    segment) other than its target. Built by a scatter of the [C, S] own items, never a [C, S, V] compare."""
+    if own is None:
+        return None
+    row, seg, row_items, row_segs = own
+    ids, same = row_items[row], row_segs[row] == seg[:, None]  # [C, S]
+    # Id 0 (padding), ids past V (BERT4Rec's mask token), other segments and the target itself go to
+    # column V, which the scatter drops.
+    keep = same & (ids >= 1) & (ids <= num_items) & (ids != targets[:, None])
+    cols = jnp.where(keep, ids - 1, num_items)
+    rows = jnp.broadcast_to(jnp.arange(ids.shape[0])[:, None], ids.shape)
+    return jnp.zeros((ids.shape[0], num_items), bool).at[rows, cols].set(True, mode="drop")
+
+
+def _logits(hidden, targets, items, own):
+    logits = jnp.einsum("cd,vd->cv", hidden, items, preferred_element_type=jnp.float32)
+    drop = _drop_mask(targets, own, items.shape[0])
+    return logits if drop is None else jnp.where(drop, -jnp.inf, logits)
+
 
 @jax.custom_vjp
-def _chunk_loss(hidden: jax.Array, targets: jax.Array, weights: jax.Array, items: jax.Array) -> jax.Array:
+def _chunk_loss(hidden: jax.Array, targets: jax.Array, weights: jax.Array, items: jax.Array,
+                own: OwnItems = None) -> jax.Array:
     """hidden [C, D], targets [C] in 1..V (0 = padding), weights [C], items [V, D] (rows 1..V of the
     table) -> weighted sum of softmax CE over the C positions."""
-    return _chunk_forward(hidden, targets, weights, items)[0]
+    return _chunk_forward(hidden, targets, weights, items, own)[0]
 
 
-def _chunk_forward(hidden, targets, weights, items):
-    logits = jnp.einsum("cd,vd->cv", hidden, items, preferred_element_type=jnp.float32)
+def _chunk_forward(hidden, targets, weights, items, own=None):
+    logits = _logits(hidden, targets, items, own)
     lse = jax.nn.logsumexp(logits, axis=-1)
     # Padding targets (0) point at item 1's column: their weight is 0, so where() drops them.
     target_logit = jnp.take_along_axis(logits, jnp.maximum(targets - 1, 0)[:, None], axis=-1)[:, 0]
     return jnp.sum(jnp.where(weights > 0, (lse - target_logit) * weights, 0.0)), lse
 
 
-def _chunk_fwd(hidden, targets, weights, items):
-    loss, lse = _chunk_forward(hidden, targets, weights, items)
-    return loss, (hidden, targets, weights, items, lse)  # only [C] extra: the logits are recomputed
+def _chunk_fwd(hidden, targets, weights, items, own=None):
+    loss, lse = _chunk_forward(hidden, targets, weights, items, own)
+    return loss, (hidden, targets, weights, items, own, lse)  # only [C] extra: the logits are recomputed
 
 
-def _chunk_grads(hidden, targets, weights, items, lse, g):
+def _chunk_grads(hidden, targets, weights, items, own, lse, g):
     """d loss / d logits = w * (softmax - onehot(target)), from the saved log-sum-exp: one matmul to
     recompute the logits, one exp, two matmuls for the gradients; no [C, V] tensor is kept.
     Returns (d_hidden [C, D] in hidden's dtype, d_items [V, D] float32)."""
     w = jnp.where(weights > 0, weights, 0.0) * g
-    logits = jnp.einsum("cd,vd->cv", hidden, items, preferred_element_type=jnp.float32)
+    logits = _logits(hidden, targets, items, own)  # a left-out item's exp(-inf) gives it no gradient
     onehot = jnp.arange(items.shape[0])[None, :] == (targets - 1)[:, None]
     dlogits = (jnp.exp(logits - lse[:, None]) - onehot) * w[:, None]
     d_hidden = jnp.einsum("cv,vd->cd", dlogits, items.astype(jnp.float32)).astype(hidden.dtype)
@@ -45,45 +74,50 @@ def _chunk_grads(hidden, targets, weights, items, lse, g):
 
 
 def _chunk_bwd(res, g):
-    hidden, targets, weights, items, lse = res
-    d_hidden, d_items = _chunk_grads(hidden, targets, weights, items, lse, g)
-    return d_hidden, None, None, d_items.astype(items.dtype)
+    hidden, targets, weights, items, own, lse = res
+    d_hidden, d_items = _chunk_grads(hidden, targets, weights, items, own, lse, g)
+    return d_hidden, None, None, d_items.astype(items.dtype), None
 
 
 _chunk_loss.defvjp(_chunk_fwd, _chunk_bwd)
 
 
-def _active_chunks_loss(h, y, w, items, active):
+def _own_chunk(own, i):
+    """Chunk i's share of own items: the per-position arrays [N, C] sliced, the row tables whole."""
+    return None if own is None else (own[0][i], own[1][i], own[2], own[3])
+
+
+def _active_chunks_loss(h, y, w, items, active, own=None):
     """Summed loss of the first `active` chunks of h [N, C, D], y, w [N, C]; later chunks are skipped."""
-    return _active_chunks_forward(h, y, w, items, active)[0]
+    return _active_chunks_forward(h, y, w, items, active, own)[0]
 
 
-def _active_chunks_forward(h, y, w, items, active):
+def _active_chunks_forward(h, y, w, items, active, own=None):
     def body(i, carry):
         total, lse = carry
-        loss, chunk_lse = _chunk_forward(h[i], y[i], w[i], items)
+        loss, chunk_lse = _chunk_forward(h[i], y[i], w[i], items, _own_chunk(own, i))
         return total + loss, lse.at[i].set(chunk_lse)
 
     init = (jnp.zeros((), jnp.float32), jnp.zeros(y.shape, jnp.float32))
     return jax.lax.fori_loop(0, active, body, init)
 
 
-def _active_chunks_fwd(h, y, w, items, active):
-    total, lse = _active_chunks_forward(h, y, w, items, active)
-    return total, (h, y, w, items, active, lse)
+def _active_chunks_fwd(h, y, w, items, active, own=None):
+    total, lse = _active_chunks_forward(h, y, w, items, active, own)
+    return total, (h, y, w, items, active, own, lse)
 
 
 def _active_chunks_bwd(res, g):
-    h, y, w, items, active, lse = res
+    h, y, w, items, active, own, lse = res
 
     def body(i, carry):
         d_h, d_items = carry
-        d_chunk, d_chunk_items = _chunk_grads(h[i], y[i], w[i], items, lse[i], g)
+        d_chunk, d_chunk_items = _chunk_grads(h[i], y[i], w[i], items, _own_chunk(own, i), lse[i], g)
         return d_h.at[i].set(d_chunk), d_items + d_chunk_items
 
     init = (jnp.zeros_like(h), jnp.zeros(items.shape, jnp.float32))
     d_h, d_items = jax.lax.fori_loop(0, active, body, init)
-    return d_h, None, None, d_items.astype(items.dtype), None
+    return d_h, None, None, d_items.astype(items.dtype), None, None
 
 
 _active_chunks_loss = jax.custom_vjp(_active_chunks_loss)
@@ -92,45 +126,61 @@ _active_chunks_loss.defvjp(_active_chunks_fwd, _active_chunks_bwd)
 
 def full_softmax_loss(hidden: jax.Array, table: jax.Array, targets: jax.Array, weights: jax.Array,
                       chunk_size: int = 512, denominator: float | None = None,
-                      skip_padding: bool = True) -> jax.Array:
+                      skip_padding: bool = True, own_items: tuple | None = None) -> jax.Array:
     """Mean softmax cross-entropy over positions with weight > 0 (or their sum / `denominator`).
 
     hidden [B, T, D], table [V+1, D] (row 0 = padding, never a candidate), targets [B, T] item ids,
     weights [B, T] (0 on padding). `skip_padding` moves the real positions to the front and scores only
     the chunks that hold some (a loop with a data-dependent trip count); False scores every chunk, as a
     fixed `lax.map` (the reference for benchmarks).
+    `own_items` = (row_items [B, S], row_segments [B, S], segments [B, T]) leaves out of position (b, t)'s
+    softmax every item of row_items[b] whose segment is segments[b, t], except its target (see
+    `own_items_of`).
     """
     d = hidden.shape[-1]
     h = jnp.asarray(hidden).reshape(-1, d)
     y = jnp.asarray(targets).reshape(-1)
     w = jnp.asarray(weights).reshape(-1).astype(jnp.float32)
     n = h.shape[0]
+    row = jnp.arange(n, dtype=jnp.int32) // targets.shape[1]
+    seg = jnp.zeros(n, jnp.int32) if own_items is None else jnp.asarray(own_items[2]).reshape(-1)
     chunk = min(chunk_size, n)
     pad = (-n) % chunk
     if pad:
         h = jnp.pad(h, ((0, pad), (0, 0)))
-        y = jnp.pad(y, (0, pad))
-        w = jnp.pad(w, (0, pad))
+        y, w, row, seg = (jnp.pad(a, (0, pad)) for a in (y, w, row, seg))
     chunks = n // chunk + bool(pad)
     items = jnp.asarray(table)[1:]
     if skip_padding:
         order = jnp.argsort(w <= 0, stable=True)  # real positions first, in their order
-        h, y, w = h[order], y[order], w[order]
-        active = (jnp.sum(w > 0) + chunk - 1) // chunk
-        total = _active_chunks_loss(h.reshape(chunks, chunk, d), y.reshape(chunks, chunk),
-                                    w.reshape(chunks, chunk), items, active)
+        h, y, w, row, seg = h[order], y[order], w[order], row[order], seg[order]
+    own = None if own_items is None else (row.reshape(chunks, chunk), seg.reshape(chunks, chunk),
+                                          jnp.asarray(own_items[0]), jnp.asarray(own_items[1]))
+    h, y, w = h.reshape(chunks, chunk, d), y.reshape(chunks, chunk), w.reshape(chunks, chunk)
+    if skip_padding:
+        total = _active_chunks_loss(h, y, w, items, (jnp.sum(w > 0) + chunk - 1) // chunk, own)
     else:
-        total = jnp.sum(jax.lax.map(lambda args: _chunk_loss(*args, items),
-                                    (h.reshape(chunks, chunk, d), y.reshape(chunks, chunk),
-                                     w.reshape(chunks, chunk))))
+        total = jnp.sum(jax.lax.map(lambda i: _chunk_loss(h[i], y[i], w[i], items, _own_chunk(own, i)),
+                                    jnp.arange(chunks)))
     if denominator is not None:
         return total / denominator
     return total / jnp.maximum(jnp.sum(w), 1.0)
 
 
-def dense_softmax_loss(hidden: jax.Array, table: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
-    """The slow reference: all [B, T, V+1] logits at once. Used by tests."""
+def own_items_of(items: jax.Array, targets: jax.Array, segments: jax.Array | None = None) -> tuple:
+    """`full_softmax_loss`'s own_items for a training batch: each row's inputs and targets [B, 2T], with
+    packed rows' segments (data.pack), else one segment per row."""
+    seg = jnp.ones(items.shape, jnp.int32) if segments is None else segments
+    return jnp.concatenate([items, targets], axis=1), jnp.concatenate([seg, seg], axis=1), seg
+
+
+def dense_softmax_loss(hidden: jax.Array, table: jax.Array, targets: jax.Array, weights: jax.Array,
+                       drop: jax.Array | None = None) -> jax.Array:
+    """The slow reference: all [B, T, V+1] logits at once; `drop` [B, T, V+1] True leaves an item out of
+    that position's softmax. Used by tests."""
     logits = jnp.einsum("btd,vd->btv", hidden, table).at[..., 0].set(-jnp.inf)
+    if drop is not None:
+        logits = jnp.where(drop, -jnp.inf, logits)
     ce = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
     w = weights.astype(jnp.float32)
     return jnp.sum(jnp.where(w > 0, ce * w, 0.0)) / jnp.maximum(jnp.sum(w), 1.0)

@@ -269,6 +269,9 @@ class LossConfig:
     gbce_t: float = 0.75  # gbce: calibration t in [0, 1]; 0 = plain BCE, 1 = beta equal to the sampling rate
     skip_padding: bool = True  # full: score only chunks that hold real positions; false scores padding too
     # (the reference in experiments/epoch_speed.py)
+    # full: leave each position's other own-sequence items (past and future) out of its softmax. They are
+    # the items evaluation filters as seen, and K&V's SASRec+ 3000 never samples them as negatives.
+    exclude_own_items: bool = False
 
     @property
     def needs_popularity(self) -> bool:
@@ -287,24 +290,31 @@ class LossConfig:
             raise ConfigError(f"{prefix}.num_negatives={self.num_negatives} must be at least 1")
         if not 0.0 <= self.gbce_t <= 1.0:
             raise ConfigError(f"{prefix}.gbce_t={self.gbce_t} must be in [0, 1]")
+        if self.exclude_own_items and self.kind != "full":
+            raise ConfigError(f"{prefix}.exclude_own_items=true needs {prefix}.kind=full, not {self.kind!r}")
         if self.kind == "gbce" and num_items is not None and self.num_negatives > num_items - 1:
             raise ConfigError(f"{prefix}.num_negatives={self.num_negatives} exceeds V - 1 = {num_items - 1}"
                               " (gbce samples at most every other item)")
 
 
 def make_loss(cfg: LossConfig, chunk_size: int = 512, denominator: float | None = None) -> LossFn:
-    """`loss(hidden, table, targets, weights, key, popularity=None) -> scalar` for the configured kind.
+    """`loss(hidden, table, targets, weights, key, popularity=None, own_items=None) -> scalar` for the
+    configured kind.
 
     `key` is used by sampled and gbce; `popularity` must be given when `cfg.needs_popularity`;
+    `own_items` (`losses.own_items_of`) when `cfg.exclude_own_items`;
     `chunk_size` is train.loss_chunk and `denominator` as in `full_softmax_loss` (train.loss_norm=epoch).
     """
     cfg.validate()
 
-    def loss(hidden, table, targets, weights, key, popularity=None):
+    def loss(hidden, table, targets, weights, key, popularity=None, own_items=None):
         if cfg.needs_popularity and popularity is None:
             raise ValueError(f"train.loss.kind={cfg.kind} with these options needs item popularity counts")
+        if cfg.exclude_own_items and own_items is None:
+            raise ValueError("train.loss.exclude_own_items needs each batch's own items")
         if cfg.kind == "full":
-            return full_softmax_loss(hidden, table, targets, weights, chunk_size, denominator, cfg.skip_padding)
+            return full_softmax_loss(hidden, table, targets, weights, chunk_size, denominator, cfg.skip_padding,
+                                     own_items if cfg.exclude_own_items else None)
         if cfg.kind == "sampled":
             return sampled_softmax_loss(hidden, table, targets, weights, key, cfg.num_negatives,
                                         popularity if cfg.sampler == "popularity" else None, chunk_size,

@@ -103,6 +103,9 @@ class SequenceTaskConfig:
             raise ConfigError(f"{p}.next_item.loss: {self.next_item.loss.kind} with these options needs item "
                               "popularity, which task runs do not count; use sampler=uniform (sampled) or "
                               "in_batch_logq=false (in_batch)")
+        if self.next_item.loss.exclude_own_items:
+            raise ConfigError(f"{p}.next_item.loss.exclude_own_items is for next-item runs (seqjax train), "
+                              "not task runs")
         for name in ("batch_size", "eval_batch_size"):
             if getattr(self, name) % self.num_devices:
                 raise ConfigError(f"{p}.{name}={getattr(self, name)} does not divide by {p}.num_devices="
