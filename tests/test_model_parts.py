@@ -8,7 +8,7 @@ import pytest
 from seqjax import config as config_lib
 from seqjax.models.attention import attention, reference_attention
 from seqjax.train.config import ExperimentConfig
-from seqjax.train.losses import dense_softmax_loss, full_softmax_loss, own_items_of
+from seqjax.train.losses import dense_softmax_loss, full_softmax_loss
 
 # Tolerances, fixed in one place.
 F32_ATOL = 1e-5
@@ -51,7 +51,7 @@ def test_own_items_loss_equals_dense_with_a_brute_force_mask(chunk, skip_padding
             drop[b, t, same] = True
             drop[b, t, targets[b, t]] = False
     assert drop[0, 0, [3, 7]].all() and not drop[0, 0, [2, 4, 5]].any()  # row 0's two sequences stay apart
-    own = own_items_of(items, targets, segments)
+    own = (items, segments)
     fast = jax.jit(jax.value_and_grad(lambda h, t: full_softmax_loss(h, t, targets, weights, chunk,
                                                                      skip_padding=skip_padding, own_items=own),
                                       argnums=(0, 1)))(h, table)
@@ -59,6 +59,11 @@ def test_own_items_loss_equals_dense_with_a_brute_force_mask(chunk, skip_padding
                               argnums=(0, 1))(h, table)
     for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(slow)):
         np.testing.assert_allclose(a, b, atol=F32_ATOL)
+    # Unpacked rows (no segments: one sequence per row): rows 1 and 2 alone.
+    unpacked = full_softmax_loss(h[1:], table, targets[1:], weights[1:], chunk, skip_padding=skip_padding,
+                                 own_items=(items[1:], None))
+    np.testing.assert_allclose(unpacked, dense_softmax_loss(h[1:], table, targets[1:], weights[1:],
+                                                            jnp.asarray(drop[1:])), atol=F32_ATOL)
     plain = full_softmax_loss(h, table, targets, weights, chunk, skip_padding=skip_padding)
     assert float(fast[0]) < float(plain)  # leaving items out of a softmax lowers every position's loss
 

@@ -133,30 +133,32 @@ def full_softmax_loss(hidden: jax.Array, table: jax.Array, targets: jax.Array, w
     weights [B, T] (0 on padding). `skip_padding` moves the real positions to the front and scores only
     the chunks that hold some (a loop with a data-dependent trip count); False scores every chunk, as a
     fixed `lax.map` (the reference for benchmarks).
-    `own_items` = (row_items [B, S], row_segments [B, S], segments [B, T]) leaves out of position (b, t)'s
-    softmax every item of row_items[b] whose segment is segments[b, t], except its target (see
-    `own_items_of`).
+    `own_items` = (inputs [B, T], segments [B, T] or None) leaves out of position (b, t)'s softmax every
+    item of row b's inputs and targets in its segment (packed rows, data.pack; else the whole row), except
+    its own target.
     """
     d = hidden.shape[-1]
     h = jnp.asarray(hidden).reshape(-1, d)
     y = jnp.asarray(targets).reshape(-1)
     w = jnp.asarray(weights).reshape(-1).astype(jnp.float32)
     n = h.shape[0]
-    row = jnp.arange(n, dtype=jnp.int32) // targets.shape[1]
-    seg = jnp.zeros(n, jnp.int32) if own_items is None else jnp.asarray(own_items[2]).reshape(-1)
     chunk = min(chunk_size, n)
     pad = (-n) % chunk
-    if pad:
-        h = jnp.pad(h, ((0, pad), (0, 0)))
-        y, w, row, seg = (jnp.pad(a, (0, pad)) for a in (y, w, row, seg))
     chunks = n // chunk + bool(pad)
-    items = jnp.asarray(table)[1:]
+    flat = [h, y, w]
+    if own_items is not None:  # each position's row and segment travel with it through padding and sorting
+        inputs, segments = own_items
+        segments = jnp.ones(targets.shape, jnp.int32) if segments is None else jnp.asarray(segments)
+        flat += [jnp.arange(n, dtype=jnp.int32) // targets.shape[1], segments.reshape(-1)]
+    if pad:
+        flat = [jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1)) for a in flat]
     if skip_padding:
-        order = jnp.argsort(w <= 0, stable=True)  # real positions first, in their order
-        h, y, w, row, seg = h[order], y[order], w[order], row[order], seg[order]
-    own = None if own_items is None else (row.reshape(chunks, chunk), seg.reshape(chunks, chunk),
-                                          jnp.asarray(own_items[0]), jnp.asarray(own_items[1]))
-    h, y, w = h.reshape(chunks, chunk, d), y.reshape(chunks, chunk), w.reshape(chunks, chunk)
+        order = jnp.argsort(flat[2] <= 0, stable=True)  # real positions first, in their order
+        flat = [a[order] for a in flat]
+    h, y, w, *pos = [a.reshape(chunks, chunk, *a.shape[1:]) for a in flat]
+    own = None if own_items is None else (*pos, jnp.concatenate([jnp.asarray(inputs), targets], axis=1),
+                                          jnp.concatenate([segments, segments], axis=1))
+    items = jnp.asarray(table)[1:]
     if skip_padding:
         total = _active_chunks_loss(h, y, w, items, (jnp.sum(w > 0) + chunk - 1) // chunk, own)
     else:
@@ -165,13 +167,6 @@ def full_softmax_loss(hidden: jax.Array, table: jax.Array, targets: jax.Array, w
     if denominator is not None:
         return total / denominator
     return total / jnp.maximum(jnp.sum(w), 1.0)
-
-
-def own_items_of(items: jax.Array, targets: jax.Array, segments: jax.Array | None = None) -> tuple:
-    """`full_softmax_loss`'s own_items for a training batch: each row's inputs and targets [B, 2T], with
-    packed rows' segments (data.pack), else one segment per row."""
-    seg = jnp.ones(items.shape, jnp.int32) if segments is None else segments
-    return jnp.concatenate([items, targets], axis=1), jnp.concatenate([seg, seg], axis=1), seg
 
 
 def dense_softmax_loss(hidden: jax.Array, table: jax.Array, targets: jax.Array, weights: jax.Array,

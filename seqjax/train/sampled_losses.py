@@ -302,7 +302,7 @@ def make_loss(cfg: LossConfig, chunk_size: int = 512, denominator: float | None 
     configured kind.
 
     `key` is used by sampled and gbce; `popularity` must be given when `cfg.needs_popularity`;
-    `own_items` (`losses.own_items_of`) when `cfg.exclude_own_items`;
+    `own_items` = (inputs, segments or None) of the batch when `cfg.exclude_own_items`;
     `chunk_size` is train.loss_chunk and `denominator` as in `full_softmax_loss` (train.loss_norm=epoch).
     """
     cfg.validate()

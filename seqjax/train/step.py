@@ -21,7 +21,6 @@ from seqjax.models.hstu import HSTU
 from seqjax.models.recurrent import GRU4Rec, LSTMRec
 from seqjax.models.sasrec import SASRec
 from seqjax.train.config import ExperimentConfig
-from seqjax.train.losses import own_items_of
 from seqjax.train.sampled_losses import Popularity, make_loss
 
 State = dict[str, Any]
@@ -87,8 +86,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
         if "segments" in batch:  # packed rows (data.pack): per-sequence positions, segment-masked attention
             extra |= {"positions": batch["positions"], "segments": batch["segments"]}
         hidden = model.encode(batch["items"], batch["lengths"], key, **extra)
-        own = (own_items_of(batch["items"], batch["targets"], batch.get("segments"))
-               if cfg.train.loss.exclude_own_items else None)
+        own = (batch["items"], batch.get("segments")) if cfg.train.loss.exclude_own_items else None
         # The loss draws from its own stream; the encoder's dropout keeps `key` as before.
         return loss_impl(hidden, model.item_table(), batch["targets"], batch["weights"],
                          jax.random.fold_in(key, 1), popularity, own)
