@@ -28,12 +28,12 @@ def test_same_seed_same_batches_and_resume_mid_epoch(tiny_data):
 def test_epoch_covers_every_trainable_user_once_and_shifts_targets(tiny_data):
     tb = TrainBatches(tiny_data, _spec())
     plan = tb.plan(0)
-    ids = np.concatenate(plan)
-    assert sorted(ids.tolist()) == sorted(tb.indices.tolist())
+    ids = tb.indices[np.concatenate(plan)]
     train = records(tiny_data, "train")
+    assert sorted(ids.tolist()) == [i for i in range(len(train)) if len(train[i].items) > 1]
     for batch_ids, batch in zip(plan, tb.epoch(0)):
         assert batch["items"].shape[1] in (8, 20)
-        for row, rid in enumerate(batch_ids):
+        for row, rid in enumerate(tb.indices[batch_ids]):
             seq = train[int(rid)].items[-21:]
             n = batch["lengths"][row]
             assert n == len(seq) - 1
@@ -61,11 +61,43 @@ def test_eval_batches_keep_full_history_and_targets(tiny_data, buckets):
     assert sorted(seen) == list(range(len(valid)))
 
 
-def test_target_counts_count_exactly_the_trained_targets(tiny_data):
-    spec = TrainBatchSpec(batch_size=32, max_len=20, seed=0, buckets=(8, 20), sort_window=4)
+@pytest.mark.parametrize("history", ["recent", "all"])
+def test_target_counts_count_exactly_the_trained_targets(tiny_data, history):
+    spec = TrainBatchSpec(batch_size=32, max_len=20, seed=0, buckets=(8, 20), sort_window=4, history=history)
     tb = TrainBatches(tiny_data, spec)
     num_items = int(max(int(tb.records[i].items.max()) for i in range(len(tb.records))))
     counts = np.zeros(num_items + 1, np.int64)
     for batch in tb.epoch(0):  # every training target of one epoch, as the loss sees it
         np.add.at(counts, batch["targets"][batch["weights"] > 0], 1)
     np.testing.assert_array_equal(tb.target_counts(num_items), counts)
+
+
+@pytest.mark.parametrize("cloze", [False, True])
+def test_all_history_trains_every_event_once_per_epoch(tiny_data, cloze):
+    """history=all: per user, the epoch's targets are exactly its events (next item: all but the first),
+    each once, in windows of contiguous events no longer than max_len inputs; recent keeps the last ones."""
+    from seqjax.data.masking import MaskSpec
+    mask = MaskSpec(10_000, 1.0, 0.0) if cloze else None  # every position masked: all are targets
+    spec = {"batch_size": 32, "max_len": 20, "seed": 0, "buckets": (8, 20), "sort_window": 4, "mask": mask}
+    recent = TrainBatches(tiny_data, TrainBatchSpec(**spec))
+    every = TrainBatches(tiny_data, TrainBatchSpec(**spec, history="all"))
+    train = records(tiny_data, "train")
+    lengths = np.array([len(train[i].items) for i in range(len(train))])
+    assert (lengths > 21).any(), "the fixture needs histories longer than one window"
+    assert every.num_examples > recent.num_examples and every.batches_per_epoch > recent.batches_per_epoch
+    for tb in (recent, every):
+        trained: dict[int, list[int]] = {}
+        for batch_ids, batch in zip(tb.plan(3), tb.epoch(3)):
+            for row, e in enumerate(batch_ids):
+                rec, n = train[int(tb.indices[e])], int(batch["lengths"][row])
+                end = len(rec.items) - int(tb.cuts[e])
+                got = batch["targets"][row, :n]
+                want = rec.items[max(end - n, 0 if cloze else 1):end]
+                np.testing.assert_array_equal(got, want)
+                assert 0 < n <= 20
+                trained.setdefault(int(tb.indices[e]), []).extend(range(end - n, end))
+        shift = 0 if cloze else 1
+        assert sorted(trained) == np.flatnonzero(lengths > shift).tolist()
+        for i, pos in trained.items():
+            kept = lengths[i] - shift if tb is every else min(lengths[i] - shift, 20)
+            assert sorted(pos) == list(range(lengths[i] - kept, lengths[i]))

@@ -234,6 +234,16 @@ def test_own_items_left_out_of_the_softmax_train_through_the_same_step(extra, ti
         tiny_config(tiny_data, "train.loss.exclude_own_items=true", "train.loss.kind=gbce")
 
 
+def test_all_history_windows_train_through_the_same_loop(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, "train.epochs=3", "data.train_history=all", "data.pack=true")
+    recent = Trainer(tiny_config(tiny_data, "data.pack=true"), tmp_path / "recent").steps_per_epoch
+    summary = train(cfg, tmp_path / "all")
+    assert Trainer(cfg, tmp_path / "all").steps_per_epoch > recent
+    assert summary["best_valid"]["NDCG@10"] > 0.05  # chance ~0.01 over 300 items
+    with pytest.raises(ConfigError, match="data.train_history=all shapes next-item training examples; task=purchase"):
+        tiny_config(tiny_data, "task=purchase", "data.train_history=all")
+
+
 def test_max_steps_on_an_epoch_end_is_finished_on_rerun(tiny_data, tmp_path, capsys):
     # The epoch-end checkpoint is the max_steps step, saved before the stop was known: a rerun must say the run
     # is finished, not restore it as unfinished and stop again.

@@ -9,6 +9,11 @@ so each epoch shuffles users, sorts them by length inside windows of `sort_windo
 batches, shuffles the batch order, and pads each batch only to the smallest length bucket it fits.
 A handful of buckets bounds the number of compiled shapes. With `pack`, a batch's users are packed
 into full-width rows instead (seqjax/data/packing.py): almost no padding even for fully random batches.
+
+An example is a user's most recent window of events (`history="recent"`, one per user), or with
+`history="all"` each of the consecutive windows that cut a long history from its end (the targets of the
+windows are disjoint and together every training event), so the ~1/3 of ML-1M's training targets that lie
+before a long user's last 200 events are trained on too.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class TrainBatchSpec:
     mask: MaskSpec | None = None  # cloze (BERT4Rec) batches: each row's last max_len items, some masked
     pack: bool = False  # pack each batch's users into rows of max_len positions (next item only)
     row_multiple: int = 8  # packed batches have a multiple of this many rows
+    history: str = "recent"  # "recent": each user's last window only; "all": every window (see module doc)
 
 
 class TrainBatches:
@@ -69,15 +75,24 @@ class TrainBatches:
         self.buckets = tuple(sorted(spec.buckets or default_buckets(spec.max_len)))
         if self.buckets[-1] != spec.max_len:
             raise ValueError(f"the largest length bucket {self.buckets[-1]} must equal max_len {spec.max_len}")
+        if spec.history not in ("recent", "all"):
+            raise ValueError(f"history must be 'recent' or 'all', got {spec.history!r}")
         self.records = records(data_dir, "train")
-        # Number of input positions per record: len - 1 (next item) or len (cloze), at most max_len.
-        # Users with no position (< 2 events for next item) are left out.
+        # An example is (record, events cut from its end); its input positions are len - 1 (next item)
+        # or len (cloze) of what remains, at most max_len. Windows with no position are left out.
         shift = 0 if spec.mask else 1
-        positions = np.array([min(len(r.items) - shift, spec.max_len) for r in self._all_records()], np.int64)
-        self.indices = np.flatnonzero(positions > 0)
-        self.positions = positions[self.indices]
-        self.num_users = len(self.indices)
-        self.batches_per_epoch = -(-self.num_users // spec.batch_size)
+        lengths = np.array([len(r.items) for r in self._all_records()], np.int64)
+        if spec.history == "recent":
+            self.indices, self.cuts = np.arange(len(lengths)), np.zeros(len(lengths), np.int64)
+        else:  # windows end at n, n - max_len, n - 2 max_len, ...: targets disjoint, none lost
+            windows = -(-np.maximum(lengths - shift, 0) // spec.max_len)
+            self.indices = np.repeat(np.arange(len(lengths)), windows)
+            self.cuts = (np.arange(len(self.indices)) - np.repeat(np.cumsum(windows) - windows, windows)) * spec.max_len
+        positions = np.minimum(lengths[self.indices] - self.cuts - shift, spec.max_len)
+        keep = positions > 0
+        self.indices, self.cuts, self.positions = self.indices[keep], self.cuts[keep], positions[keep]
+        self.num_examples = len(self.indices)
+        self.batches_per_epoch = -(-self.num_examples // spec.batch_size)
         self.positions_per_batch = float(self.positions.sum()) / self.batches_per_epoch  # the epoch's mean
 
     def _all_records(self) -> Iterator[SequenceRecord]:
@@ -85,38 +100,47 @@ class TrainBatches:
             yield self.records[i]
 
     def plan(self, epoch: int) -> list[np.ndarray]:
-        """Record indices of every batch of `epoch`, in the order they are trained."""
+        """Example indices (into `indices` and `cuts`) of every batch of `epoch`, in training order."""
         rng = np.random.default_rng((self.spec.seed, epoch))
-        order = rng.permutation(self.num_users)
+        order = rng.permutation(self.num_examples)
         window = self.spec.batch_size * self.spec.sort_window
         batches = []
-        for start in range(0, self.num_users, window):
+        for start in range(0, self.num_examples, window):
             chunk = order[start:start + window]
             chunk = chunk[np.argsort(self.positions[chunk], kind="stable")]
             batches += [chunk[i:i + self.spec.batch_size] for i in range(0, len(chunk), self.spec.batch_size)]
         # A sorting window's tail can leave small batches; merging them keeps one batch per
-        # batch_size users so an epoch has exactly batches_per_epoch steps.
+        # batch_size examples so an epoch has exactly batches_per_epoch steps.
         full = [b for b in batches if len(b) == self.spec.batch_size]
         rest = np.concatenate([b for b in batches if len(b) < self.spec.batch_size] or [np.zeros(0, np.int64)])
         full += [rest[i:i + self.spec.batch_size] for i in range(0, len(rest), self.spec.batch_size)]
-        return [self.indices[full[i]] for i in rng.permutation(len(full))]
+        return [full[i] for i in rng.permutation(len(full))]
+
+    def example(self, e: int) -> SequenceRecord:
+        """Example `e`: its record with `cuts[e]` events cut from the end."""
+        rec, cut = self.records[int(self.indices[e])], int(self.cuts[e])
+        if not cut:
+            return rec
+        n = len(rec.items) - cut
+        return dataclasses.replace(rec, items=rec.items[:n], timestamps=rec.timestamps[:n], events=rec.events[:n],
+                                   categories=rec.categories[:n])
 
     def target_counts(self, num_items: int) -> np.ndarray:
         """int64 [num_items + 1]: how often each item is a training target. A record's targets are its
         last `positions` items (next item: all but the first kept event; cloze: every kept event)."""
-        kept = [self.records[int(i)].items[-int(n):] for i, n in zip(self.indices, self.positions)]
+        kept = [self.example(e).items[-int(n):] for e, n in enumerate(self.positions)]
         return np.bincount(np.concatenate(kept), minlength=num_items + 1).astype(np.int64)
 
     def padded_length(self, n: int) -> int:
         return next(b for b in self.buckets if b >= n)
 
-    def make_batch(self, record_ids: np.ndarray, epoch: int = 0, batch_index: int = 0) -> dict[str, np.ndarray]:
-        """Collates records into right-padded arrays; missing rows (last batch) get weight 0.
+    def make_batch(self, examples: np.ndarray, epoch: int = 0, batch_index: int = 0) -> dict[str, np.ndarray]:
+        """Collates examples into right-padded arrays; missing rows (last batch) get weight 0.
 
         Cloze masks are drawn from (seed, epoch, batch_index), the batch's index in the epoch's plan.
         `timestamps` are the input events' times relative to each row's first event (int32 seconds)."""
         b, t_max = self.spec.batch_size, self.spec.max_len
-        recs = [self.records[int(i)] for i in record_ids]
+        recs = [self.example(int(e)) for e in examples]
         if self.spec.mask is not None:
             rows = [cloze_rows(r.items, t_max) for r in recs]
             t = self.padded_length(max(len(r) for r in rows))

@@ -50,6 +50,9 @@ class DataConfig:
     pack: bool = False  # pack each batch's users into full max_len rows (SASRec, reference attention):
     # the same users per step, almost no padding, so random batches (sort_window=1) cost no padding
     reader_threads: int = 2  # Grain reader threads
+    train_history: Literal["recent", "all"] = "recent"  # next-item training examples: each user's most recent
+    # max_len events once per epoch, or every training event once per epoch (long histories cut into max_len
+    # windows from the end, each its own example: more steps per epoch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +172,9 @@ class ExperimentConfig:
             raise ConfigError(f"data.pack=true needs task=next_item, model.kind=sasrec and model.attention=reference "
                               f"(segment-masked attention), not task={self.task}, model.kind={kind}, "
                               f"model.attention={self.model.attention}")
+        if self.data.train_history != "recent" and self.task != "next_item":
+            raise ConfigError(f"data.train_history={self.data.train_history} shapes next-item training examples; "
+                              f"task={self.task} builds its own examples (set data.train_history=recent)")
         if self.data.buckets and max(self.data.buckets) != self.data.max_len:
             raise ConfigError(f"data.buckets must end at data.max_len={self.data.max_len}")
         if self.task in BINARY_TASKS:

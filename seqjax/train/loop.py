@@ -126,7 +126,7 @@ class Trainer(CheckpointedRun):
             mask = MaskSpec(self.metadata["num_items"] + 1, b4r.mask_prob, b4r.mask_last_prob)
         self.batches = TrainBatches(cfg.data.path, TrainBatchSpec(
             cfg.data.batch_size, cfg.data.max_len, cfg.train.seed, cfg.data.buckets, cfg.data.sort_window, mask,
-            cfg.data.pack, 8 * cfg.train.num_devices))
+            cfg.data.pack, 8 * cfg.train.num_devices, cfg.data.train_history))
         self.steps_per_epoch = self.batches.batches_per_epoch
         self.schedule = learning_rate(cfg, cfg.train.epochs * self.steps_per_epoch)
         self.tx = optimizer(cfg, self.schedule)
