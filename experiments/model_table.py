@@ -107,6 +107,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out or ROOT / "runs" / f"table_{Path(args.data_file).stem}")
     data = Path(args.data) if args.data else out / "data"
+    out.mkdir(parents=True, exist_ok=True)  # run logs go here even when --data was prepared elsewhere
     if not (data / "metadata.json").exists():
         run([sys.executable, "-m", "seqjax.cli", "prepare", "--format", "sasrec", "--input", args.data_file,
              "--out", str(data)])
