@@ -27,9 +27,9 @@ The loss chunk of 512 stays. This machine runs the same config 1.8x faster than 
     exclude_own  median 67.2 s  x1.093  [67.2, 66.8, 68.4]  (train.loss.exclude_own_items=true)
 Leaving each position's own items out of its softmax (a [C, V] scatter per chunk, twice) costs ~9%.
 
-2026-12-07 (same machine, quiet; 2 rounds):
-    config       median 21.0 s  x1.000  [19.6, 22.3]
-    own_all      median 36.4 s  x1.738  [29.6, 43.2]  (exclude_own_items=true, data.train_history=all)
+2026-12-07 (same machine, quiet; 3 rounds):
+    config       median 21.8 s  x1.000  [22.2, 21.8, 21.8]
+    own_all      median 37.2 s  x1.704  [37.2, 36.3, 39.4]  (exclude_own_items=true, data.train_history=all)
 every training event is 1.42x the targets of the recent windows (68 batches, not 48), times 1.09 for own items.
 """
 
