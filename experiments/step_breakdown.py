@@ -45,20 +45,23 @@ def main() -> None:
     batches = [put_batch(b, trainer.mesh) for b in trainer.batches.epoch(0)]
     graphdef, denominator = trainer.graphdef, trainer.batches.positions_per_batch
     loss_impl = make_loss(cfg.train.loss, cfg.train.loss_chunk,
-                          denominator if cfg.train.loss_norm == "epoch" else None)
+                          denominator if cfg.train.loss_norm == "epoch" else None, cfg.data.batch_size)
     key = jax.random.key(0)
 
     @jax.jit
     def encoder(params, batch):
-        def f(p):
-            return nnx.merge(graphdef, p).encode(batch["items"], batch["lengths"], key)
+        def f(p):  # packed rows (data.pack) carry per-sequence positions and segments, as in the train step
+            extra = {k: batch[k] for k in ("positions", "segments") if k in batch}
+            return nnx.merge(graphdef, p).encode(batch["items"], batch["lengths"], key, **extra)
         hidden, vjp = jax.vjp(f, params)
         return vjp(jax.random.normal(key, hidden.shape, hidden.dtype))
 
     @jax.jit
     def loss(params, hidden, batch):
         def f(p, h):
-            return loss_impl(h, nnx.merge(graphdef, p).item_table(), batch["targets"], batch["weights"], key, None)
+            own = (batch["items"], batch.get("segments")) if cfg.train.loss.exclude_own_items else None
+            return loss_impl(h, nnx.merge(graphdef, p).item_table(), batch["targets"], batch["weights"], key, None,
+                             own)
         return jax.grad(f, argnums=(0, 1))(params, hidden)
 
     hiddens = [0.1 * jax.random.normal(key, (*b["items"].shape, cfg.model.sasrec.dim)) for b in batches]

@@ -66,6 +66,30 @@ def test_own_items_loss_equals_dense_with_a_brute_force_mask(chunk, skip_padding
                                                             jnp.asarray(drop[1:])), atol=F32_ATOL)
     plain = full_softmax_loss(h, table, targets, weights, chunk, skip_padding=skip_padding)
     assert float(fast[0]) < float(plain)  # leaving items out of a softmax lowers every position's loss
+    # The masks sized to the batch's 4 sequences (data.batch_size in training) give the same loss; 3 cannot
+    # hold them and must not.
+    tight = full_softmax_loss(h, table, targets, weights, chunk, skip_padding=skip_padding, own_items=own,
+                              max_sequences=4)
+    np.testing.assert_allclose(tight, fast[0], atol=F32_ATOL)
+    short = full_softmax_loss(h, table, targets, weights, chunk, skip_padding=skip_padding, own_items=own,
+                              max_sequences=3)
+    assert abs(float(short) - float(fast[0])) > 1e-3
+
+
+@pytest.mark.parametrize("denominator", [None, 9.0])
+def test_chunked_loss_gradients_follow_the_outer_cotangent(denominator):
+    """The skip-padding path computes its gradients in the forward pass for a cotangent of 1 and scales
+    them by the real one: a loss weighted by 3 (a multi-task sum, say) gets 3x the dense gradients."""
+    k = jax.random.split(jax.random.key(5), 4)
+    h, table = jax.random.normal(k[0], (2, 9, 8)), jax.random.normal(k[1], (14, 8))
+    weights = (jax.random.uniform(k[3], (2, 9)) > 0.2).astype(jnp.float32)
+    targets = jnp.where(weights > 0, jax.random.randint(k[2], (2, 9), 1, 14), 0)
+    fast = jax.jit(jax.grad(lambda h, t: 3.0 * full_softmax_loss(h, t, targets, weights, 4, denominator),
+                            argnums=(0, 1)))(h, table)
+    scale = 1.0 if denominator is None else float(weights.sum()) / denominator
+    slow = jax.grad(lambda h, t: 3.0 * scale * dense_softmax_loss(h, t, targets, weights), argnums=(0, 1))(h, table)
+    for a, b in zip(fast, slow):
+        np.testing.assert_allclose(a, b, atol=F32_ATOL)
 
 
 def test_loss_matches_numpy_cross_entropy():

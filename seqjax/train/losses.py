@@ -14,24 +14,34 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-# own_items per chunk: (row [C] of each position, segment [C] of each position, the rows' items [R, S] and
-# their segments [R, S]); None scores every item.
-OwnItems = tuple[jax.Array, jax.Array, jax.Array, jax.Array] | None
+# own_items per chunk: (sequence index [C] of each position, the sequences' item masks [E, V]); None scores
+# every item.
+OwnItems = tuple[jax.Array, jax.Array] | None
+
+
+def _sequence_items(inputs, targets, segments, num_items, max_sequences):
+    """(sequence index [R*T] of each position, [E, V] True for every item of each sequence, its inputs and
+    targets). A sequence is a run of one segment value within a row; padding (segment 0), ids past V
+    (BERT4Rec's mask token) and sequences past E go to the dropped index E."""
+    r, t = targets.shape
+    seg = segments.reshape(-1)
+    starts = (seg > 0) & ((jnp.arange(r * t) % t == 0) | (seg != jnp.roll(seg, 1)))
+    seq = jnp.where(seg > 0, jnp.cumsum(starts) - 1, max_sequences)
+    masks = jnp.zeros((max_sequences, num_items), bool)
+    for ids in (inputs.reshape(-1), targets.reshape(-1)):
+        real = (ids >= 1) & (ids <= num_items)
+        masks = masks.at[jnp.where(real, seq, max_sequences), ids - 1].set(True, mode="drop")
+    return seq, masks
 
 
 def _drop_mask(targets: jax.Array, own: OwnItems, num_items: int) -> jax.Array | None:
-    """[C, V] True where a position's logit leaves its softmax: an item of its own sequence (same row and
-    segment) other than its target. Built by a scatter of the [C, S] own items, never a [C, S, V] compare."""
+    """[C, V] True where a position's logit leaves its softmax: an item of its own sequence other than its
+    target. A row gather from the per-sequence masks (built once per step), not a scatter per chunk."""
     if own is None:
         return None
-    row, seg, row_items, row_segs = own
-    ids, same = row_items[row], row_segs[row] == seg[:, None]  # [C, S]
-    # Id 0 (padding), ids past V (BERT4Rec's mask token), other segments and the target itself go to
-    # column V, which the scatter drops.
-    keep = same & (ids >= 1) & (ids <= num_items) & (ids != targets[:, None])
-    cols = jnp.where(keep, ids - 1, num_items)
-    rows = jnp.broadcast_to(jnp.arange(ids.shape[0])[:, None], ids.shape)
-    return jnp.zeros((ids.shape[0], num_items), bool).at[rows, cols].set(True, mode="drop")
+    seq, masks = own
+    rows = masks[jnp.minimum(seq, masks.shape[0] - 1)]  # padding positions (seq = E) have weight 0
+    return rows & (jnp.arange(num_items)[None, :] != (targets - 1)[:, None])
 
 
 def _logits(hidden, targets, items, own):
@@ -83,41 +93,39 @@ _chunk_loss.defvjp(_chunk_fwd, _chunk_bwd)
 
 
 def _own_chunk(own, i):
-    """Chunk i's share of own items: the per-position arrays [N, C] sliced, the row tables whole."""
-    return None if own is None else (own[0][i], own[1][i], own[2], own[3])
+    """Chunk i's share of own items: the positions' sequence indices [N, C] sliced, the masks whole."""
+    return None if own is None else (own[0][i], own[1])
 
 
-def _active_chunks_loss(h, y, w, items, active, own=None):
-    """Summed loss of the first `active` chunks of h [N, C, D], y, w [N, C]; later chunks are skipped."""
-    return _active_chunks_forward(h, y, w, items, active, own)[0]
+def _active_chunks_loss(h, y, w, items, active, own, denominator):
+    """Summed loss of the first `active` chunks of h [N, C, D], y, w [N, C], over `denominator`; later
+    chunks are skipped."""
+    total = jax.lax.fori_loop(0, active, lambda i, t: t + _chunk_forward(h[i], y[i], w[i], items,
+                                                                         _own_chunk(own, i))[0],
+                              jnp.zeros((), jnp.float32))
+    return total / denominator
 
 
-def _active_chunks_forward(h, y, w, items, active, own=None):
+def _active_chunks_fwd(h, y, w, items, active, own, denominator):
+    """The loss and its gradients in one pass: each chunk's logits are computed once, not again in the
+    backward pass. The gradients assume the output's cotangent is 1 (a loss) and are scaled by the
+    actual one in `_active_chunks_bwd`, which is then exact: x * 1.0 == x."""
+    g = jnp.ones((), jnp.float32) / denominator  # what d(total / denominator) / d total is in float32
+
     def body(i, carry):
-        total, lse = carry
-        loss, chunk_lse = _chunk_forward(h[i], y[i], w[i], items, _own_chunk(own, i))
-        return total + loss, lse.at[i].set(chunk_lse)
+        total, d_h, d_items = carry
+        loss, lse = _chunk_forward(h[i], y[i], w[i], items, _own_chunk(own, i))
+        d_chunk, d_chunk_items = _chunk_grads(h[i], y[i], w[i], items, _own_chunk(own, i), lse, g)
+        return total + loss, d_h.at[i].set(d_chunk), d_items + d_chunk_items
 
-    init = (jnp.zeros((), jnp.float32), jnp.zeros(y.shape, jnp.float32))
-    return jax.lax.fori_loop(0, active, body, init)
-
-
-def _active_chunks_fwd(h, y, w, items, active, own=None):
-    total, lse = _active_chunks_forward(h, y, w, items, active, own)
-    return total, (h, y, w, items, active, own, lse)
+    init = (jnp.zeros((), jnp.float32), jnp.zeros_like(h), jnp.zeros(items.shape, jnp.float32))
+    total, d_h, d_items = jax.lax.fori_loop(0, active, body, init)
+    return total / denominator, (d_h, d_items.astype(items.dtype))
 
 
 def _active_chunks_bwd(res, g):
-    h, y, w, items, active, own, lse = res
-
-    def body(i, carry):
-        d_h, d_items = carry
-        d_chunk, d_chunk_items = _chunk_grads(h[i], y[i], w[i], items, _own_chunk(own, i), lse[i], g)
-        return d_h.at[i].set(d_chunk), d_items + d_chunk_items
-
-    init = (jnp.zeros_like(h), jnp.zeros(items.shape, jnp.float32))
-    d_h, d_items = jax.lax.fori_loop(0, active, body, init)
-    return d_h, None, None, d_items.astype(items.dtype), None, None
+    d_h, d_items = res
+    return (d_h * g.astype(d_h.dtype), None, None, d_items * g.astype(d_items.dtype), None, None, None)
 
 
 _active_chunks_loss = jax.custom_vjp(_active_chunks_loss)
@@ -126,7 +134,8 @@ _active_chunks_loss.defvjp(_active_chunks_fwd, _active_chunks_bwd)
 
 def full_softmax_loss(hidden: jax.Array, table: jax.Array, targets: jax.Array, weights: jax.Array,
                       chunk_size: int = 512, denominator: float | None = None,
-                      skip_padding: bool = True, own_items: tuple | None = None) -> jax.Array:
+                      skip_padding: bool = True, own_items: tuple | None = None,
+                      max_sequences: int | None = None) -> jax.Array:
     """Mean softmax cross-entropy over positions with weight > 0 (or their sum / `denominator`).
 
     hidden [B, T, D], table [V+1, D] (row 0 = padding, never a candidate), targets [B, T] item ids,
@@ -135,7 +144,8 @@ def full_softmax_loss(hidden: jax.Array, table: jax.Array, targets: jax.Array, w
     fixed `lax.map` (the reference for benchmarks).
     `own_items` = (inputs [B, T], segments [B, T] or None) leaves out of position (b, t)'s softmax every
     item of row b's inputs and targets in its segment (packed rows, data.pack; else the whole row), except
-    its own target.
+    its own target. `max_sequences` bounds the sequences in the batch (data.batch_size; default: one per
+    row unpacked, one per position packed): the masks are [max_sequences, V], built once per step.
     """
     d = hidden.shape[-1]
     h = jnp.asarray(hidden).reshape(-1, d)
@@ -146,27 +156,29 @@ def full_softmax_loss(hidden: jax.Array, table: jax.Array, targets: jax.Array, w
     pad = (-n) % chunk
     chunks = n // chunk + bool(pad)
     flat = [h, y, w]
-    if own_items is not None:  # each position's row and segment travel with it through padding and sorting
+    if own_items is not None:  # each position's sequence index travels with it through padding and sorting
         inputs, segments = own_items
-        segments = jnp.ones(targets.shape, jnp.int32) if segments is None else jnp.asarray(segments)
-        flat += [jnp.arange(n, dtype=jnp.int32) // targets.shape[1], segments.reshape(-1)]
+        unpacked = segments is None
+        segments = jnp.ones(targets.shape, jnp.int32) if unpacked else jnp.asarray(segments)
+        if max_sequences is None:
+            max_sequences = targets.shape[0] if unpacked else n
+        seq, masks = _sequence_items(jnp.asarray(inputs), jnp.asarray(targets), segments, table.shape[0] - 1,
+                                     max_sequences)
+        flat.append(seq)
     if pad:
         flat = [jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1)) for a in flat]
     if skip_padding:
         order = jnp.argsort(flat[2] <= 0, stable=True)  # real positions first, in their order
         flat = [a[order] for a in flat]
     h, y, w, *pos = [a.reshape(chunks, chunk, *a.shape[1:]) for a in flat]
-    own = None if own_items is None else (*pos, jnp.concatenate([jnp.asarray(inputs), targets], axis=1),
-                                          jnp.concatenate([segments, segments], axis=1))
+    own = None if own_items is None else (pos[0], masks)
     items = jnp.asarray(table)[1:]
+    denominator = jnp.maximum(jnp.sum(w), 1.0) if denominator is None else jnp.float32(denominator)
     if skip_padding:
-        total = _active_chunks_loss(h, y, w, items, (jnp.sum(w > 0) + chunk - 1) // chunk, own)
-    else:
-        total = jnp.sum(jax.lax.map(lambda i: _chunk_loss(h[i], y[i], w[i], items, _own_chunk(own, i)),
-                                    jnp.arange(chunks)))
-    if denominator is not None:
-        return total / denominator
-    return total / jnp.maximum(jnp.sum(w), 1.0)
+        return _active_chunks_loss(h, y, w, items, (jnp.sum(w > 0) + chunk - 1) // chunk, own, denominator)
+    total = jnp.sum(jax.lax.map(lambda i: _chunk_loss(h[i], y[i], w[i], items, _own_chunk(own, i)),
+                                jnp.arange(chunks)))
+    return total / denominator
 
 
 def dense_softmax_loss(hidden: jax.Array, table: jax.Array, targets: jax.Array, weights: jax.Array,

@@ -297,13 +297,15 @@ class LossConfig:
                               " (gbce samples at most every other item)")
 
 
-def make_loss(cfg: LossConfig, chunk_size: int = 512, denominator: float | None = None) -> LossFn:
+def make_loss(cfg: LossConfig, chunk_size: int = 512, denominator: float | None = None,
+              max_sequences: int | None = None) -> LossFn:
     """`loss(hidden, table, targets, weights, key, popularity=None, own_items=None) -> scalar` for the
     configured kind.
 
     `key` is used by sampled and gbce; `popularity` must be given when `cfg.needs_popularity`;
     `own_items` = (inputs, segments or None) of the batch when `cfg.exclude_own_items`;
-    `chunk_size` is train.loss_chunk and `denominator` as in `full_softmax_loss` (train.loss_norm=epoch).
+    `chunk_size` is train.loss_chunk and `denominator`, `max_sequences` (the most sequences a batch holds) as
+    in `full_softmax_loss`.
     """
     cfg.validate()
 
@@ -314,7 +316,7 @@ def make_loss(cfg: LossConfig, chunk_size: int = 512, denominator: float | None 
             raise ValueError("train.loss.exclude_own_items needs each batch's own items")
         if cfg.kind == "full":
             return full_softmax_loss(hidden, table, targets, weights, chunk_size, denominator, cfg.skip_padding,
-                                     own_items if cfg.exclude_own_items else None)
+                                     own_items if cfg.exclude_own_items else None, max_sequences)
         if cfg.kind == "sampled":
             return sampled_softmax_loss(hidden, table, targets, weights, key, cfg.num_negatives,
                                         popularity if cfg.sampler == "popularity" else None, chunk_size,

@@ -77,7 +77,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
     denominator = positions_per_batch if cfg.train.loss_norm == "epoch" else None
     compute_dtype = jnp.dtype(cfg.train.dtype)
 
-    loss_impl = make_loss(cfg.train.loss, cfg.train.loss_chunk, denominator)
+    # A batch holds at most data.batch_size sequences (packed or not): the own-item masks' size.
+    loss_impl = make_loss(cfg.train.loss, cfg.train.loss_chunk, denominator, max_sequences=cfg.data.batch_size)
 
     def loss_fn(params, batch, key, popularity):
         p = jax.tree.map(lambda x: x.astype(compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
