@@ -25,8 +25,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # configs/sasrec_ml1m.yaml before it took K&V's SASRec+ settings; the first four variants build on it
-PREVIOUS = ["model.sasrec.layout=pre_ln", "model.sasrec.dropout=0.2", "optim.b2=0.98", "optim.warmup_steps=100",
-            "optim.clip_norm=1", "data.sort_window=32"]
+# Before 2026-12-07 the config trained each user's last 200 events with every item in each softmax.
+KV_PLAIN = ["train.loss.exclude_own_items=false", "data.train_history=recent"]
+PREVIOUS = [*KV_PLAIN, "model.sasrec.layout=pre_ln", "model.sasrec.dropout=0.2", "optim.b2=0.98",
+            "optim.warmup_steps=100", "optim.clip_norm=1", "data.sort_window=32"]
 BASELINE = [*PREVIOUS, "model.sasrec.linear_init_std=0", "train.loss_norm=batch"]
 VARIANTS = {
     "baseline": BASELINE,
@@ -34,12 +36,12 @@ VARIANTS = {
     "epochnorm": [*PREVIOUS, "model.sasrec.linear_init_std=0", "train.loss_norm=epoch"],
     "init002": [*PREVIOUS, "model.sasrec.linear_init_std=0.02", "train.loss_norm=batch"],
     "previous": PREVIOUS,  # init 0.02 + epoch norm, pre-LN
-    # configs/sasrec_ml1m.yaml as it is: K&V's SASRec+ (the authors' block wiring, dropout 0.1, plain Adam,
-    # near-random batches)
-    "kv_all": [],
+    # configs/sasrec_ml1m.yaml before 2026-12-07: K&V's SASRec+ (the authors' block wiring, dropout 0.1,
+    # plain Adam, near-random batches)
+    "kv_all": KV_PLAIN,
     # what still differed from K&V's code: dropout on the attention weights (not the attention output),
     # torch's Xavier-uniform query/key/value init, LayerNorm eps 1e-8, batch-mean loss, fully random batches
-    "kv_exact": ["model.sasrec.attention_dropout=weights", "model.sasrec.qkv_init=torch_mha",
+    "kv_exact": [*KV_PLAIN, "model.sasrec.attention_dropout=weights", "model.sasrec.qkv_init=torch_mha",
                  "model.sasrec.norm_eps=1e-8", "train.loss_norm=batch", "data.sort_window=1"],
 }
 

@@ -31,6 +31,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCH_LINE = re.compile(r"epoch (\d+): valid NDCG@10=([\d.]+) HR@10=([\d.]+).*train ([\d.]+)s")
+# The torch trainer is K&V's setup: each user's last 200 events, every item in each softmax.
+KV_PLAIN = ["train.loss.exclude_own_items=false", "data.train_history=recent"]
 TORCH_LINE = re.compile(r"epoch (\d+) train_s ([\d.]+) loss [\d.]+ valid NDCG@10 ([\d.]+) HR@10 ([\d.]+)")
 
 
@@ -79,7 +81,8 @@ def main() -> None:
     seqjax_out = stream([sys.executable, "-m", "seqjax.cli", "train", "--config",
                          str(ROOT / "configs" / "sasrec_ml1m.yaml"), "--workdir", str(tmp / "seqjax"),
                          "--set", f"data.path={args.data}", "--set", f"train.seed={args.seed}",
-                         "--set", f"train.epochs={args.epochs}", "--set", "train.patience=0"])
+                         "--set", f"train.epochs={args.epochs}", "--set", "train.patience=0",
+                         *[a for x in KV_PLAIN for a in ("--set", x)]])
     torch_rows = {int(m[0]): (float(m[2]), float(m[3]), float(m[1])) for m in TORCH_LINE.findall(torch_out)}
     jax_rows = {int(m[0]): (float(m[1]), float(m[2]), float(m[3])) for m in EPOCH_LINE.findall(seqjax_out)}
     print(f"\nSASRec ML-1M, valid (second-last item, full catalogue, seen removed), seed {args.seed}:")

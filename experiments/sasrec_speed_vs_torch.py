@@ -24,7 +24,9 @@ from seqjax import config as C
 from seqjax.train.config import ExperimentConfig
 from seqjax.train.loop import Trainer
 from seqjax.train.step import put_batch
-cfg = C.load(ExperimentConfig, sys.argv[1], ["data.path=" + sys.argv[2]])
+# the torch side trains each user's last 200 events with every item in each softmax: so does this
+cfg = C.load(ExperimentConfig, sys.argv[1], ["data.path=" + sys.argv[2], "train.loss.exclude_own_items=false",
+                                             "data.train_history=recent"])
 tr = Trainer(cfg, sys.argv[3])
 state = tr._create()
 for epoch in range(2):  # epoch 0 compiles every length bucket; epoch 1 is steady state
