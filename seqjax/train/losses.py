@@ -2,8 +2,9 @@
 
 Holding [B, T, V] logits at once costs B*T*V floats (128 x 200 x 3,417 = 350 MB for ML-1M) in the
 forward pass and again in the backward pass. Chunks of C positions are scored one at a time with a
-custom VJP that keeps only each position's log-sum-exp: the backward pass recomputes a chunk's [C, V]
-logits once and turns them into the gradient directly (softmax minus one-hot).
+custom VJP. The default path (skip_padding) turns each chunk's [C, V] logits into the gradients while it
+holds them (softmax minus one-hot), in the forward pass, and keeps only the [C, D] and [V, D] results; the
+`lax.map` reference keeps each position's log-sum-exp and recomputes the logits in the backward pass.
 
 Optionally (`own_items`) each position's softmax leaves out the other items of its own sequence, past and
 future: the items evaluation removes as seen, and the ones K&V's SASRec+ 3000 never samples as negatives.
@@ -21,8 +22,9 @@ OwnItems = tuple[jax.Array, jax.Array] | None
 
 def _sequence_items(inputs, targets, segments, num_items, max_sequences):
     """(sequence index [R*T] of each position, [E, V] True for every item of each sequence, its inputs and
-    targets). A sequence is a run of one segment value within a row; padding (segment 0), ids past V
-    (BERT4Rec's mask token) and sequences past E go to the dropped index E."""
+    targets). A sequence is a run of one segment value within a row; padding (segment 0) and ids past V
+    (BERT4Rec's mask token) go to index E, which the scatter drops. E must bound the batch's sequences:
+    past it, masks would be lost and shared (the test shows it)."""
     r, t = targets.shape
     seg = segments.reshape(-1)
     starts = (seg > 0) & ((jnp.arange(r * t) % t == 0) | (seg != jnp.roll(seg, 1)))
