@@ -94,15 +94,10 @@ def prepare(name: str, data: str):
     return [trainer, state, batches, [], real / padded]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", required=True, help="prepared ML-1M")
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--variants", nargs="+", default=["config", "loss_all_chunks"], choices=sorted(VARIANTS))
-    args = ap.parse_args()
-    runs = {name: prepare(name, args.data) for name in args.variants}
-    for _ in range(args.rounds):
-        for run in runs.values():
+def alternate(runs, rounds: int) -> None:
+    """Times one epoch of each prepared run per round, round by round; appends to each run's times."""
+    for _ in range(rounds):
+        for run in runs:
             trainer, state, batches, times, _ = run
             t0 = time.perf_counter()
             for b in batches:
@@ -110,6 +105,16 @@ def main() -> None:
             jax.block_until_ready(m["loss"])
             times.append(time.perf_counter() - t0)
             run[1] = state
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="prepared ML-1M")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--variants", nargs="+", default=["config", "loss_all_chunks"], choices=sorted(VARIANTS))
+    args = ap.parse_args()
+    runs = {name: prepare(name, args.data) for name in args.variants}
+    alternate(runs.values(), args.rounds)
     first = args.variants[0]
     print(f"# SASRec ML-1M train steps of one epoch (epoch 0's batches), {args.rounds} alternated rounds, "
           f"{jax.device_count()} {jax.devices()[0].platform} device(s)")

@@ -19,7 +19,6 @@ import importlib.util
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import jax
@@ -63,15 +62,7 @@ def main() -> None:
             sampled_losses.full_softmax_loss = fn  # make_loss looks it up when the step is traced
             runs[(name, code)] = epoch_speed.prepare(name, args.data)
     sampled_losses.full_softmax_loss = current
-    for _ in range(args.rounds):
-        for run in runs.values():
-            trainer, state, batches, times, _ = run
-            t0 = time.perf_counter()
-            for b in batches:
-                state, m = trainer.step_fn(state, b)
-            jax.block_until_ready(m["loss"])
-            times.append(time.perf_counter() - t0)
-            run[1] = state
+    epoch_speed.alternate(runs.values(), args.rounds)
     print(f"# SASRec ML-1M train steps of one epoch, {args.rounds} alternated rounds, {jax.devices()[0].platform}")
     for name in args.variants:
         a, b = runs[(name, args.rev)][3], runs[(name, "this")][3]
