@@ -5,11 +5,12 @@
 
 Variants are experiments/epoch_speed.py's (configs/sasrec_ml1m.yaml plus overrides).
 
-2026-12-07, 2-core AMD EPYC, trainings paused, 3 rounds, --rev c028eb2 (before the loss computed its gradients
-in the forward pass and built own-item masks once per step):
-    config (own items out, every training event)  c028eb2 30.3 s  this 24.9 s  x0.82
-    plain (K&V's SASRec+)                          c028eb2 18.6 s  this 16.7 s  x0.90
-Both compute the same parameters bit for bit (12 steps, sha256 of the parameters).
+2026-12-07, 2-core AMD EPYC, alone, 3 rounds, --rev c028eb2 (before the loss computed its gradients in the
+forward pass and built own-item masks once per step):
+    config (own items out, every training event)  c028eb2 28.8 s  this 25.4 s  x0.88
+    plain (K&V's SASRec+)                          c028eb2 18.3 s  this 17.1 s  x0.94
+(An earlier run of the same swap, from a scratch script with the trainings paused: 30.3 -> 24.9 s, x0.82, and
+18.6 -> 16.7 s, x0.90.) Both compute the same parameters bit for bit (12 steps, sha256 of the parameters).
 """
 
 from __future__ import annotations
