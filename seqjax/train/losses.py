@@ -61,24 +61,24 @@ def _chunk_loss(hidden: jax.Array, targets: jax.Array, weights: jax.Array, items
 
 
 def _chunk_forward(hidden, targets, weights, items, own=None):
+    """(weighted CE sum, log-sum-exp [C], logits [C, V])."""
     logits = _logits(hidden, targets, items, own)
     lse = jax.nn.logsumexp(logits, axis=-1)
     # Padding targets (0) point at item 1's column: their weight is 0, so where() drops them.
     target_logit = jnp.take_along_axis(logits, jnp.maximum(targets - 1, 0)[:, None], axis=-1)[:, 0]
-    return jnp.sum(jnp.where(weights > 0, (lse - target_logit) * weights, 0.0)), lse
+    return jnp.sum(jnp.where(weights > 0, (lse - target_logit) * weights, 0.0)), lse, logits
 
 
 def _chunk_fwd(hidden, targets, weights, items, own=None):
-    loss, lse = _chunk_forward(hidden, targets, weights, items, own)
+    loss, lse, _ = _chunk_forward(hidden, targets, weights, items, own)
     return loss, (hidden, targets, weights, items, own, lse)  # only [C] extra: the logits are recomputed
 
 
-def _chunk_grads(hidden, targets, weights, items, own, lse, g):
-    """d loss / d logits = w * (softmax - onehot(target)), from the saved log-sum-exp: one matmul to
-    recompute the logits, one exp, two matmuls for the gradients; no [C, V] tensor is kept.
+def _chunk_grads(hidden, targets, weights, items, logits, lse, g):
+    """d loss / d logits = w * (softmax - onehot(target)), from the chunk's logits and log-sum-exp: one exp
+    and two matmuls; no [C, V] tensor outlives the chunk. A left-out item's exp(-inf) gives it no gradient.
     Returns (d_hidden [C, D] in hidden's dtype, d_items [V, D] float32)."""
     w = jnp.where(weights > 0, weights, 0.0) * g
-    logits = _logits(hidden, targets, items, own)  # a left-out item's exp(-inf) gives it no gradient
     onehot = jnp.arange(items.shape[0])[None, :] == (targets - 1)[:, None]
     dlogits = (jnp.exp(logits - lse[:, None]) - onehot) * w[:, None]
     d_hidden = jnp.einsum("cv,vd->cd", dlogits, items.astype(jnp.float32)).astype(hidden.dtype)
@@ -87,7 +87,8 @@ def _chunk_grads(hidden, targets, weights, items, own, lse, g):
 
 def _chunk_bwd(res, g):
     hidden, targets, weights, items, own, lse = res
-    d_hidden, d_items = _chunk_grads(hidden, targets, weights, items, own, lse, g)
+    logits = _logits(hidden, targets, items, own)  # recomputed: the reference keeps only the lse
+    d_hidden, d_items = _chunk_grads(hidden, targets, weights, items, logits, lse, g)
     return d_hidden, None, None, d_items.astype(items.dtype), None
 
 
@@ -116,8 +117,8 @@ def _active_chunks_fwd(h, y, w, items, active, own, denominator):
 
     def body(i, carry):
         total, d_h, d_items = carry
-        loss, lse = _chunk_forward(h[i], y[i], w[i], items, _own_chunk(own, i))
-        d_chunk, d_chunk_items = _chunk_grads(h[i], y[i], w[i], items, _own_chunk(own, i), lse, g)
+        loss, lse, logits = _chunk_forward(h[i], y[i], w[i], items, _own_chunk(own, i))
+        d_chunk, d_chunk_items = _chunk_grads(h[i], y[i], w[i], items, logits, lse, g)
         return total + loss, d_h.at[i].set(d_chunk), d_items + d_chunk_items
 
     init = (jnp.zeros((), jnp.float32), jnp.zeros_like(h), jnp.zeros(items.shape, jnp.float32))
