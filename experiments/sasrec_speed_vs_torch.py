@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import epoch_speed
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,8 +26,7 @@ from seqjax.train.config import ExperimentConfig
 from seqjax.train.loop import Trainer
 from seqjax.train.step import put_batch
 # the torch side trains each user's last 200 events with every item in each softmax: so does this
-cfg = C.load(ExperimentConfig, sys.argv[1], ["data.path=" + sys.argv[2], "train.loss.exclude_own_items=false",
-                                             "data.train_history=recent"])
+cfg = C.load(ExperimentConfig, sys.argv[1], ["data.path=" + sys.argv[2], *sys.argv[4:]])
 tr = Trainer(cfg, sys.argv[3])
 state = tr._create()
 for epoch in range(2):  # epoch 0 compiles every length bucket; epoch 1 is steady state
@@ -60,7 +60,7 @@ def main() -> None:
     times: dict[str, list[float]] = {"seqjax": [], "torch": []}
     for r in range(args.rounds):
         out = subprocess.run([sys.executable, "-c", SEQJAX_EPOCH, str(ROOT / "configs" / "sasrec_ml1m.yaml"),
-                              args.data, str(tmp / f"run{r}")], capture_output=True, text=True, check=True).stdout
+                              args.data, str(tmp / f"run{r}"), *epoch_speed.PLAIN], capture_output=True, text=True, check=True).stdout
         times["seqjax"].append(float(re.findall(r"seqjax epoch 1: ([\d.]+) s", out)[0]))
         out = subprocess.run([args.torch_python, str(ROOT / "experiments" / "torch_reference" / "sasrec_torch.py"),
                               str(tmp / "seqs.npz")], capture_output=True, text=True, check=True).stdout
