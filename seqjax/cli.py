@@ -28,12 +28,7 @@ def _trainer(cfg):
 
 def _is_sequence_task_config(path: str) -> bool:
     """Sequence-model purchase/churn configs have one top-level section, `sequence_task`."""
-    import yaml
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as e:
-        raise config_lib.ConfigError(f"cannot read config {path}: {e.strerror}") from None
-    return isinstance(data, dict) and "sequence_task" in data
+    return "sequence_task" in config_lib.read_yaml(path)
 
 
 def _train_sequence_task(args: argparse.Namespace) -> int:

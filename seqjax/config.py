@@ -146,17 +146,37 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Defaults <- YAML file at `path` <- dotted overrides."""
-    mapping: dict[str, Any] = {}
-    if path is not None:
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's mapping, with its `base:` file (a path relative to it) merged underneath.
+
+    A variant config then names only what it changes, e.g. `base: sasrec_ml1m.yaml` and a wider model.
+    """
+    path = Path(path)
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise ConfigError(f"{path}: base: files include each other: {cycle}")
+    try:
+        text = path.read_text()
+    except OSError as e:
+        where = f" (base: of {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"cannot read config {path}{where}: {e.strerror}") from None
+    try:
         mapping = yaml.safe_load(text) or {}
-        if not isinstance(mapping, Mapping):
-            raise ConfigError(f"{path}: top level must be a mapping")
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    if "base" not in mapping:
+        return dict(mapping)
+    base = mapping.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base: expected the path of another config file, got {base!r}")
+    return merge(read_yaml(path.parent / base, (*_chain, path.resolve())), mapping)
+
+
+def load(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Defaults <- YAML file at `path` (and its `base:` chain) <- dotted overrides."""
+    mapping = read_yaml(path) if path is not None else {}
     mapping = merge(mapping, parse_overrides(overrides))
     return from_dict(cls, mapping)
 
