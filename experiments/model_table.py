@@ -5,6 +5,7 @@ prints one table of means and standard errors over seeds with time and throughpu
     python experiments/model_table.py [--kinds sasrec gru4rec pop] [--seeds 0 1 2]
         [--data-file ../shared/data/ml1m/ml-1m_sasrec_format.txt] [--set train.epochs=50 ...] [--parallel 1]
         [--out runs/table_wide --data runs/table_kv/data]  (a variant table on data already prepared)
+        [--config sasrec=configs/sasrec_ml1m_wide.yaml]  (another config for a kind)
 
 --parallel N trains N (kind, seed) runs at once, each logging to RUN_DIR.log. On this 2-core machine that does
 not pay: HSTU beside BERT4Rec went from 38.5 to about 100 s per epoch and BERT4Rec from 25 to 49 s, 0.9x the
@@ -42,13 +43,14 @@ def run(cmd: list[str], log: Path | None = None) -> None:
         subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
 
 
-def train_and_test(kind: str, seed: int, data: Path, out: Path, overrides: list[str], quiet: bool = False) -> dict:
+def train_and_test(kind: str, seed: int, data: Path, out: Path, overrides: list[str], config: Path,
+                   quiet: bool = False) -> dict:
     workdir = out / f"{kind}_seed{seed}"
     result_path = workdir / "test.json"
     log = out / f"{kind}_seed{seed}.log" if quiet else None
     seqjax = [sys.executable, "-m", "seqjax.cli"]
     if not result_path.exists():
-        run(seqjax + ["train", "--config", str(ROOT / "configs" / f"{kind}_ml1m.yaml"), "--workdir", str(workdir),
+        run(seqjax + ["train", "--config", str(config), "--workdir", str(workdir),
                       "--set", f"data.path={data}", "--set", f"train.seed={seed}",
                       *[arg for s in overrides for arg in ("--set", s)]], log)
         run(seqjax + ["evaluate", "--workdir", str(workdir), "--split", "test", "--json", str(result_path)], log)
@@ -104,7 +106,15 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="an already prepared --data-file (default: OUT/data)")
     ap.add_argument("--set", action="append", default=[], help="config override for every neural run")
     ap.add_argument("--parallel", type=int, default=1, help="(kind, seed) runs trained at once")
+    ap.add_argument("--config", action="append", default=[], metavar="KIND=PATH",
+                    help="train KIND from PATH instead of configs/KIND_ml1m.yaml")
     args = ap.parse_args()
+    configs = {kind: ROOT / "configs" / f"{kind}_ml1m.yaml" for kind in ALL_KINDS}
+    for pair in args.config:
+        kind, _, path = pair.partition("=")
+        if kind not in ALL_KINDS or not path:
+            ap.error(f"--config {pair}: expected KIND=PATH with KIND one of {', '.join(ALL_KINDS)}")
+        configs[kind] = Path(path).resolve()
     out = Path(args.out or ROOT / "runs" / f"table_{Path(args.data_file).stem}")
     data = Path(args.data) if args.data else out / "data"
     out.mkdir(parents=True, exist_ok=True)  # run logs go here even when --data was prepared elsewhere
@@ -113,7 +123,8 @@ def main() -> None:
              "--out", str(data)])
     train_users = json.loads((data / "metadata.json").read_text())["num_users"]
     jobs = [(kind, seed) for kind in args.kinds for seed in (args.seeds[:1] if kind in COUNT_KINDS else args.seeds)]
-    job = lambda ks: train_and_test(*ks, data, out, [] if ks[0] in COUNT_KINDS else args.set, args.parallel > 1)
+    job = lambda ks: train_and_test(*ks, data, out, [] if ks[0] in COUNT_KINDS else args.set, configs[ks[0]],
+                                    args.parallel > 1)
     with ThreadPoolExecutor(max(1, args.parallel)) as pool:
         rows = list(pool.map(job, jobs))
     print_table(rows, args, train_users)
