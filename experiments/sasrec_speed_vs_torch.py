@@ -60,7 +60,8 @@ def main() -> None:
     times: dict[str, list[float]] = {"seqjax": [], "torch": []}
     for r in range(args.rounds):
         out = subprocess.run([sys.executable, "-c", SEQJAX_EPOCH, str(ROOT / "configs" / "sasrec_ml1m.yaml"),
-                              args.data, str(tmp / f"run{r}"), *epoch_speed.PLAIN], capture_output=True, text=True, check=True).stdout
+                              args.data, str(tmp / f"run{r}"), *epoch_speed.PLAIN],
+                             capture_output=True, text=True, check=True).stdout
         times["seqjax"].append(float(re.findall(r"seqjax epoch 1: ([\d.]+) s", out)[0]))
         out = subprocess.run([args.torch_python, str(ROOT / "experiments" / "torch_reference" / "sasrec_torch.py"),
                               str(tmp / "seqs.npz")], capture_output=True, text=True, check=True).stdout
